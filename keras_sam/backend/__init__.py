@@ -1,0 +1,29 @@
+"""Backend adapters: pass 1 as Keras' own trainer does it, and pass 2's
+gradient. Everything else of the step is backend-neutral (`SAMModel`)."""
+
+from __future__ import annotations
+
+import importlib
+
+import keras
+
+SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def check_supported() -> None:
+    """Raises unless the Keras backend can train a `SAMModel`."""
+    name = keras.backend.backend()
+    if name not in SUPPORTED_BACKENDS:
+        raise NotImplementedError(
+            f"SAMModel trains on the {', '.join(SUPPORTED_BACKENDS)} "
+            f"backends; the active Keras backend is {name!r} "
+            "(set KERAS_BACKEND)."
+        )
+
+
+def train_step(model, *args):
+    """The SAM train step of the active backend."""
+    module = importlib.import_module(
+        f"keras_sam.backend.{keras.backend.backend()}"
+    )
+    return module.train_step(model, *args)

@@ -1,0 +1,79 @@
+"""The SAM train step on JAX: a pure function of the trainer's `state`.
+
+During `fit` the JAX trainer purges the variable objects; every value is
+read from `state` and the new values are returned in it.
+"""
+
+from __future__ import annotations
+
+import jax
+import keras
+
+
+def train_step(model, state, data):
+    trainable, non_trainable, optimizer_values, metrics_values = state
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    plan = model._plan()
+    state_variables = model.state_variables(plan)
+    index = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+
+    # Pass 1, as keras.src.backend.jax.trainer does it.
+    grad_fn = jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)
+    (_, aux), grads = grad_fn(
+        trainable,
+        non_trainable,
+        metrics_values,
+        x,
+        y,
+        sample_weight,
+        training=True,
+        optimizer_variables=optimizer_values,
+    )
+    loss, y_pred, new_non_trainable, metrics_values = aux
+
+    def scaled_perturbed_loss(values):
+        loss_2 = model.perturbed_loss(
+            values, non_trainable, metrics_values, x, y, sample_weight
+        )
+        mapping = list(zip(model.optimizer.variables, optimizer_values))
+        with keras.StatelessScope(state_mapping=mapping):
+            return model.optimizer.scale_loss(loss_2), loss_2
+
+    def second_pass(values):
+        (_, loss_2), grads_2 = jax.value_and_grad(
+            scaled_perturbed_loss, has_aux=True
+        )(values)
+        return loss_2, grads_2
+
+    final, new_state, sharpness, ascent = model.descent_gradients(
+        plan,
+        grads,
+        trainable,
+        keras.tree.map_structure(
+            lambda v: non_trainable[index[id(v)]], state_variables
+        ),
+        loss,
+        second_pass,
+    )
+    new_non_trainable = list(new_non_trainable)
+    for v, value in zip(
+        keras.tree.flatten(state_variables), keras.tree.flatten(new_state)
+    ):
+        new_non_trainable[index[id(v)]] = value
+
+    trainable, optimizer_values = model.optimizer.stateless_apply(
+        optimizer_values, final, trainable
+    )
+    mapping = list(zip(model.metrics_variables, metrics_values))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        model._sharpness_tracker.update_state(sharpness, sample_weight=ascent)
+    metrics_values = [
+        scope.get_current_value(v) if scope.get_current_value(v) is not None
+        else value
+        for v, value in mapping
+    ]
+    with model.logging_sharpness():
+        logs, metrics_values = model._update_metrics_variables(
+            metrics_values, loss, x, y, y_pred, sample_weight
+        )
+    return logs, (trainable, new_non_trainable, optimizer_values, metrics_values)

@@ -1,0 +1,74 @@
+"""The SAM train step on TensorFlow: tapes for both passes."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras.src.losses.loss import unscale_loss_for_distribution
+
+
+def _read(variable):
+    """A snapshot of the variable's value (`.value` is the live variable)."""
+    return tf.identity(variable.value)
+
+
+def _dense(gradient):
+    """Densifies `IndexedSlices` (Embedding) so both branches match."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
+def train_step(model, data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    variables = model.trainable_variables
+    plan = model._plan()
+    state_variables = model.state_variables(plan)
+    non_trainable_before = [_read(v) for v in model.non_trainable_variables]
+
+    # Pass 1, as keras.src.backend.tensorflow.trainer does it.
+    with tf.GradientTape() as tape:
+        if model._call_has_training_arg:
+            y_pred = model(x, training=True)
+        else:
+            y_pred = model(x)
+        loss = model._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+        model._loss_tracker.update_state(
+            unscale_loss_for_distribution(loss),
+            sample_weight=tf.shape(
+                next(i for i in tf.nest.flatten(x) if i is not None)
+            )[0],
+        )
+        scaled_loss = model.optimizer.scale_loss(loss)
+    grads = [_dense(g) for g in tape.gradient(scaled_loss, variables)]
+    metrics_values = [_read(v) for v in model.metrics_variables]
+
+    def second_pass(values):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            loss_2 = model.perturbed_loss(
+                values, non_trainable_before, metrics_values, x, y,
+                sample_weight,
+            )
+            scaled = model.optimizer.scale_loss(loss_2)
+        return loss_2, [_dense(g) for g in tape.gradient(scaled, values)]
+
+    final, new_state, sharpness, ascent = model.descent_gradients(
+        plan,
+        grads,
+        [_read(v) for v in variables],
+        tf.nest.map_structure(_read, state_variables),
+        loss,
+        second_pass,
+    )
+    model.optimizer.apply(final, variables)
+    tf.nest.map_structure(
+        lambda v, value: v.assign(value), state_variables, new_state
+    )
+    model._sharpness_tracker.update_state(
+        unscale_loss_for_distribution(sharpness), sample_weight=ascent
+    )
+    with model.logging_sharpness():
+        return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

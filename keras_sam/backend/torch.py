@@ -1,0 +1,69 @@
+"""The SAM train step on PyTorch: `backward()` for pass 1, `autograd.grad`
+for pass 2."""
+
+from __future__ import annotations
+
+import keras
+import torch
+
+
+def train_step(model, data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    variables = model.trainable_variables
+    plan = model._plan()
+    state_variables = model.state_variables(plan)
+    state_ids = {id(v) for v in keras.tree.flatten(state_variables)}
+    # Torch assigns in place: snapshot the model's own state (BatchNorm
+    # statistics, seeds) before pass 1; SAM's state is not touched until the
+    # end of the step.
+    non_trainable_before = [
+        v.value if id(v) in state_ids else v.value.detach().clone()
+        for v in model.non_trainable_variables
+    ]
+
+    # Pass 1, as keras.src.backend.torch.trainer does it.
+    if model._call_has_training_arg:
+        y_pred = model(x, training=True)
+    else:
+        y_pred = model(x)
+    model.zero_grad()
+    loss = model._compute_loss(
+        x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+    )
+    model._loss_tracker.update_state(
+        loss,
+        sample_weight=next(
+            i for i in keras.tree.flatten(x) if i is not None
+        ).shape[0],
+    )
+    model.optimizer.scale_loss(loss).backward()
+    grads = [v.value.grad for v in variables]
+    metrics_values = [v.value for v in model.metrics_variables]
+
+    def second_pass(values):
+        leaves = [value.detach().requires_grad_(True) for value in values]
+        with torch.enable_grad():
+            loss_2 = model.perturbed_loss(
+                leaves, non_trainable_before, metrics_values, x, y,
+                sample_weight,
+            )
+            scaled = model.optimizer.scale_loss(loss_2)
+        grads_2 = torch.autograd.grad(scaled, leaves, allow_unused=True)
+        return loss_2.detach(), list(grads_2)
+
+    with torch.no_grad():
+        final, new_state, sharpness, ascent = model.descent_gradients(
+            plan,
+            grads,
+            [v.value.detach() for v in variables],
+            keras.tree.map_structure(lambda v: v.value, state_variables),
+            loss.detach(),
+            second_pass,
+        )
+        model.optimizer.apply(final, variables)
+        keras.tree.map_structure(
+            lambda v, value: v.assign(value), state_variables, new_state
+        )
+    model._sharpness_tracker.update_state(sharpness, sample_weight=ascent)
+    with model.logging_sharpness():
+        return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

@@ -1,0 +1,474 @@
+"""`SAMModel`: wraps any Keras model to train it with SAM or a variant."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_sam import backend as sam_backend
+from keras_sam.methods import friendly as friendly_lib
+from keras_sam.methods import masks, schedule
+from keras_sam.methods.geometry import Geometry, make_geometry, perturbation
+from keras_sam.methods.tensors import all_finite, to_float32
+from keras_sam.options import SAMOptions, resolve_options
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """Which trainable variables take part in the step (fixed per trace).
+
+    Attributes:
+        gradient_indices: indices into `trainable_variables` of the float
+            variables that receive a SAM gradient (not float8
+            `overwrite_with_gradient` variables); LookSAM's norms run over them.
+        perturbed_indices: the subset selected by `perturb`.
+        geometry: the geometry bound to the perturbed variables.
+    """
+
+    gradient_indices: tuple[int, ...]
+    perturbed_indices: tuple[int, ...]
+    geometry: Geometry
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class SAMModel(keras.Model):
+    """Trains a Keras model with Sharpness-Aware Minimization or a variant.
+
+    `SAMModel` wraps any `keras.Model` or layer; `compile()` and `fit()` work
+    as usual, on the TensorFlow, JAX and PyTorch backends. Each training step
+    computes the clean gradient `g` (pass 1, exactly as Keras does, with
+    metrics, BatchNorm statistics and seed generators advancing once), a
+    perturbation `eps`, and the gradient at `w + eps` (pass 2, functional:
+    nothing it does to the model's state is kept), which the base optimizer
+    then applies. Steps without an ascent (before `start_step`, or the reuse
+    steps of LookSAM and SAM-k) run pass 1 only.
+
+    The logs report the loss and metrics of the unperturbed weights, plus
+    `sharpness = L(w + eps) - L(w)` averaged over the steps of the epoch that
+    took an ascent.
+
+    Every SAM variant is a point of four axes; `method` names a preset and the
+    options override it:
+
+    | method | geometry | friendly | reuse | perturb |
+    | --- | --- | --- | --- | --- |
+    | `"sam"` | l2 | no | none | all |
+    | `"samon"` | l2 | no | none | norm |
+    | `"asam"` | adaptive | no | none | all |
+    | `"fisher"` | fisher | no | none | all |
+    | `"fsam"` | l2 | yes | none | all |
+    | `"fasam"` | adaptive | yes | none | all |
+    | `"layersam"` | layer | no | none | all |
+    | `"looksam"` | l2 | no | look | all |
+    | `"looklayersam"` | layer | no | look | all |
+    | `"samk"` | l2 | no | every_k | all |
+
+    Args:
+        model: the `keras.Model` or `keras.layers.Layer` to train.
+        method: the preset, one of the table above. Defaults to `"sam"`.
+        rho: the perturbation radius: a float >= 0, a
+            `keras.optimizers.schedules.LearningRateSchedule`, or a callable
+            of the SAM step `t` (0 at `start_step`). Defaults to `0.05`.
+        perturb: which trainable variables are perturbed: `"all"`, `"norm"`
+            (those of normalization layers, SAM-ON), `"no_norm"`, or a
+            callable `variable -> bool`. Defaults to the preset's mask.
+        start_step: steps before this one are plain base-optimizer steps.
+            Defaults to `0`.
+        adaptive: ASAM scaling, `"elementwise"` (`T = |w| + eta`) or
+            `"layerwise"` (`T_i = ||w_i|| + eta`); adaptive geometry only.
+            Defaults to `"elementwise"`.
+        norm: the ascent norm, `"l2"` or `"linf"` (l2 and adaptive
+            geometries). Defaults to `"l2"`.
+        eta: the ASAM or Fisher-SAM `eta`. Defaults to `0.01` (adaptive) or
+            `1.0` (fisher).
+        normalize_bias: ASAM: rescale bias-like variables (`bias`, `beta`)
+            too. Defaults to `False`.
+        friendly: F-SAM: ascend along `g - sigma * m`, `m` an EMA of the
+            clean gradients. Defaults to the preset's value.
+        ema_decay: F-SAM's `lambda`, in [0, 1). Defaults to `0.9`.
+        sigma: F-SAM's `sigma`, >= 0. Defaults to `1.0`.
+        reuse: `"look"` (LookSAM: reuse the orthogonal component `g_v` of the
+            SAM gradient between ascents) or `"every_k"` (SAM-k: plain steps
+            between ascents). Defaults to the preset's value.
+        k: the period of the ascents with `reuse`, an int >= 1. Defaults
+            to `5`.
+        alpha: LookSAM's reuse weight, in [0, 1). Defaults to `0.7`.
+        ascent: `"global"` (the ascent uses the global-batch gradient) or
+            `"per_replica"` (each replica perturbs with its own gradient).
+            Identical on one device. Defaults to `"global"`.
+        **kwargs: passed to `keras.Model` (`name`, ...).
+
+    Example:
+
+    ```python
+    model = keras.Sequential([keras.layers.Dense(10, activation="softmax")])
+    sam = keras_sam.SAMModel(model, method="looksam", rho=0.05)
+    sam.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"])
+    sam.fit(x, y, epochs=5)
+    sam.inner.save("model.keras")   # the wrapped model, for inference
+    ```
+
+    References:
+        Foret et al., "Sharpness-Aware Minimization for Efficiently Improving
+        Generalization", ICLR 2021. Kwon et al., "ASAM", ICML 2021. Kim et
+        al., "Fisher SAM", ICML 2022. Mueller et al., "Normalization Layers
+        Are All That Sharpness-Aware Minimization Needs", NeurIPS 2023. Li et
+        al., "Friendly Sharpness-Aware Minimization", CVPR 2024. Liu et al.,
+        "Sharpness-Aware Minimization in Large-Batch Training: Training
+        Vision Transformer in Minutes", 2022.
+    """
+
+    def __init__(
+        self,
+        model: keras.layers.Layer,
+        method: str = "sam",
+        rho: float | Callable = 0.05,
+        *,
+        perturb: str | Callable | None = None,
+        start_step: int | None = None,
+        adaptive: str | None = None,
+        norm: str | None = None,
+        eta: float | None = None,
+        normalize_bias: bool | None = None,
+        friendly: bool | None = None,
+        ema_decay: float | None = None,
+        sigma: float | None = None,
+        reuse: str | None = None,
+        k: int | None = None,
+        alpha: float | None = None,
+        ascent: str | None = None,
+        **kwargs: Any,
+    ):
+        if isinstance(model, SAMModel):
+            raise TypeError(
+                "`model` is already a SAMModel; wrap its inner model instead "
+                "(`SAMModel(sam_model.inner, ...)`) and choose the method "
+                "there. Received model=" + repr(model) + "."
+            )
+        if not isinstance(model, keras.layers.Layer):
+            raise TypeError(
+                "`model` must be a Keras model or layer (keras.Model or "
+                f"keras.layers.Layer); received model={model!r} of type "
+                f"{type(model).__name__}."
+            )
+        options = resolve_options(
+            method,
+            rho,
+            perturb=perturb,
+            start_step=start_step,
+            adaptive=adaptive,
+            norm=norm,
+            eta=eta,
+            normalize_bias=normalize_bias,
+            friendly=friendly,
+            ema_decay=ema_decay,
+            sigma=sigma,
+            reuse=reuse,
+            k=k,
+            alpha=alpha,
+            ascent=ascent,
+        )
+        if options.perturb == "norm" and not masks.normalization_layers(model):
+            raise ValueError(
+                "`perturb='norm'` (SAM-ON) perturbs only the variables of "
+                "normalization layers (BatchNormalization, LayerNormalization, "
+                "GroupNormalization, RMSNormalization and subclasses), and "
+                f"model {model.name!r} has none. Use perturb='all', "
+                "'no_norm' or a callable. Received perturb='norm'."
+            )
+        sam_backend.check_supported()
+        super().__init__(**kwargs)
+        self._inner = model
+        self._options = options
+        self._sharpness_tracker = keras.metrics.Mean(name="sharpness")
+        self._log_sharpness = False
+        self._iterations = self.add_weight(
+            shape=(),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            name="sam_iterations",
+        )
+        # Persistent state, keyed by the path of the trainable variable.
+        self._ema: dict[str, keras.Variable] = {}
+        self._g_v: dict[str, keras.Variable] = {}
+        if model.built:
+            self._create_state()
+            self.built = True
+
+    @property
+    def inner(self) -> keras.layers.Layer:
+        """The wrapped model, for inference and export."""
+        return self._inner
+
+    @property
+    def options(self) -> SAMOptions:
+        """The resolved options (preset applied, defaults filled in)."""
+        return self._options
+
+    def call(self, inputs, training=None):
+        return self._inner(inputs, training=training)
+
+    def build(self, input_shape=None):
+        if not self._inner.built:
+            # Build the wrapped model as Keras builds a layer on first call.
+            self._inner(
+                keras.tree.map_shape_structure(keras.KerasTensor, input_shape)
+            )
+        self._create_state()
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        if self.built:
+            # Variables made trainable since the build (fine-tuning after
+            # unfreezing, which Keras also requires a compile for) get state.
+            self._create_state()
+
+    # ---- State ------------------------------------------------------------
+
+    def _plan(self) -> StepPlan:
+        variables = self.trainable_variables
+        gradient_indices = [
+            i
+            for i, v in enumerate(variables)
+            if keras.backend.is_float_dtype(v.dtype)
+            and not getattr(v, "overwrite_with_gradient", False)
+        ]
+        selected = masks.select(
+            self._options.perturb,
+            self._inner,
+            [variables[i] for i in gradient_indices],
+        )
+        perturbed = [i for i, s in zip(gradient_indices, selected) if s]
+        if not perturbed:
+            raise ValueError(
+                f"`perturb={self._options.perturb!r}` selects none of the "
+                f"{len(gradient_indices)} trainable float variables of model "
+                f"{self._inner.name!r}; nothing would be perturbed."
+            )
+        return StepPlan(
+            gradient_indices=tuple(gradient_indices),
+            perturbed_indices=tuple(perturbed),
+            geometry=make_geometry(
+                self._options, [variables[i] for i in perturbed]
+            ),
+        )
+
+    def _create_state(self) -> None:
+        """Creates the persistent state that the method needs and lacks."""
+        plan = self._plan()
+        variables = self.trainable_variables
+        wanted = []
+        if self._options.friendly:
+            wanted += [(self._ema, "sam_ema", i) for i in plan.perturbed_indices]
+        if self._options.reuse == "look":
+            wanted += [(self._g_v, "sam_g_v", i) for i in plan.gradient_indices]
+        missing = [(s, p, variables[i]) for s, p, i in wanted
+                   if variables[i].path not in s]
+        if not missing:
+            return
+        # A built layer locks its state; new trainable variables (unfrozen
+        # after the build) still need theirs, created before `fit`.
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            for store, prefix, variable in missing:
+                store[variable.path] = self.add_weight(
+                    shape=variable.shape,
+                    dtype="float32",
+                    initializer="zeros",
+                    trainable=False,
+                    name=f"{prefix}_{variable.path.replace('/', '_')}",
+                )
+        finally:
+            if locked:
+                self._tracker.lock()
+
+    def state_variables(self, plan: StepPlan | None = None) -> dict:
+        """The persistent SAM state of a step, as Keras variables.
+
+        Returns:
+            `{"iterations": step counter, "ema": [F-SAM EMA per perturbed
+            variable], "g_v": [LookSAM g_v per gradient variable]}` (empty
+            lists where the method keeps no such state).
+        """
+        plan = plan or self._plan()
+        variables = self.trainable_variables
+
+        def lookup(store: dict, indices: tuple[int, ...]) -> list:
+            try:
+                return [store[variables[i].path] for i in indices]
+            except KeyError as e:
+                raise RuntimeError(
+                    f"Trainable variable {e.args[0]!r} has no SAM state: it "
+                    "became trainable after the last compile(). Call "
+                    "compile() again after changing `trainable`, as Keras "
+                    "requires."
+                ) from None
+
+        return {
+            "iterations": self._iterations,
+            "ema": lookup(self._ema, plan.perturbed_indices)
+            if self._options.friendly
+            else [],
+            "g_v": lookup(self._g_v, plan.gradient_indices)
+            if self._options.reuse == "look"
+            else [],
+        }
+
+    # ---- The step ---------------------------------------------------------
+
+    def train_step(self, *args):
+        return sam_backend.train_step(self, *args)
+
+    def descent_gradients(
+        self,
+        plan: StepPlan,
+        grads: list,
+        trainable_values: list,
+        state: dict,
+        loss,
+        second_pass: Callable[[list], tuple[Any, list]],
+    ) -> tuple[list, dict, Any, Any]:
+        """The backend-neutral SAM step (DESIGN §3-§4), on values.
+
+        Args:
+            plan: the step plan.
+            grads: pass-1 gradients, aligned with `trainable_variables`;
+                `None` for variables without a gradient.
+            trainable_values: the current values of `trainable_variables`.
+            state: the values of `state_variables(plan)`.
+            loss: the pass-1 loss (without loss scaling).
+            second_pass: `values -> (loss, grads)` at the given trainable
+                values, with every side effect of the forward pass discarded.
+
+        Returns:
+            `(gradients for the base optimizer, new state values, sharpness,
+            1.0 if an ascent was taken else 0.0)`.
+        """
+        o = self._options
+        gi, pi = plan.gradient_indices, plan.perturbed_indices
+        position = {i: j for j, i in enumerate(gi)}
+        g = to_float32(
+            [
+                ops.zeros_like(trainable_values[i]) if grads[i] is None
+                else grads[i]
+                for i in gi
+            ]
+        )
+        g_p = [g[position[i]] for i in pi]
+        t = state["iterations"] - o.start_step
+        active = ops.greater_equal(t, 0)
+        ascent = schedule.takes_ascent(t, o.reuse, o.k)
+        new_state = {"iterations": state["iterations"] + 1, "ema": [], "g_v": []}
+
+        direction = g_p
+        if o.friendly:
+            ema = friendly_lib.ema_update(state["ema"], g_p, o.ema_decay)
+            keep = ops.logical_and(active, all_finite(g_p))
+            new_state["ema"] = [
+                ops.where(keep, new, old) for new, old in zip(ema, state["ema"])
+            ]
+            direction = friendly_lib.direction(g_p, new_state["ema"], o.sigma)
+
+        def with_ascent():
+            weights = to_float32([trainable_values[i] for i in pi])
+            rho = schedule.rho_at(o.rho, ops.maximum(t, 0))
+            eps = perturbation(plan.geometry, direction, g_p, weights, rho)
+            perturbed = list(trainable_values)
+            for i, e in zip(pi, eps):
+                perturbed[i] = trainable_values[i] + ops.cast(
+                    e, trainable_values[i].dtype
+                )
+            loss_2, grads_2 = second_pass(perturbed)
+            g_s = [
+                ops.zeros_like(trainable_values[i]) if grads_2[i] is None
+                else grads_2[i]
+                for i in gi
+            ]
+            sharpness = ops.cast(loss_2, "float32") - ops.cast(loss, "float32")
+            g_v = state["g_v"]
+            if o.reuse == "look":
+                g_s32 = to_float32(g_s)
+                projected = schedule.look_projection(g, g_s32)
+                finite = all_finite(g_s32)
+                g_v = [ops.where(finite, new, old)
+                       for new, old in zip(projected, g_v)]
+            return g_s, sharpness, g_v
+
+        def without_ascent():
+            final = [grads[i] if grads[i] is not None
+                     else ops.zeros_like(trainable_values[i]) for i in gi]
+            if o.reuse == "look":
+                # alpha = 0 before start_step: g + 0 * g_v == g exactly.
+                alpha = ops.where(active, o.alpha, 0.0)
+                reused = schedule.look_reuse(g, state["g_v"], alpha)
+                final = [ops.cast(r, f.dtype) for r, f in zip(reused, final)]
+            return final, ops.zeros((), "float32"), state["g_v"]
+
+        final_g, sharpness, g_v = ops.cond(ascent, with_ascent, without_ascent)
+        new_state["g_v"] = list(g_v)
+        final = list(grads)
+        for i, f in zip(gi, final_g):
+            if grads[i] is not None:
+                final[i] = f
+        return final, new_state, sharpness, ops.cast(ascent, "float32")
+
+    def perturbed_loss(
+        self, trainable_values, non_trainable_values, metrics_values, x, y,
+        sample_weight,
+    ):
+        """Pass 2: the loss at the given values, side effects discarded.
+
+        Runs the model functionally (`stateless_call`) with
+        `non_trainable_values` (those from before pass 1: same dropout mask,
+        BatchNorm in training mode on the same batch statistics), includes
+        regularization losses at the perturbed weights, and drops every
+        update to non-trainable and metric variables.
+        """
+        kwargs = {"training": True} if self._call_has_training_arg else {}
+        y_pred, _, losses = self.stateless_call(
+            trainable_values,
+            non_trainable_values,
+            x,
+            return_losses=True,
+            **kwargs,
+        )
+        if losses:
+            self._losses_override.clear()
+            self._losses_override = losses
+        try:
+            with keras.StatelessScope(
+                state_mapping=list(zip(self.metrics_variables, metrics_values))
+            ):
+                loss = self._compute_loss(
+                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                    training=True,
+                )
+        finally:
+            if losses:
+                self._losses_override.clear()
+        return loss
+
+    # ---- Logs -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def logging_sharpness(self):
+        """Within it, `get_metrics_result` reports `sharpness` (train logs)."""
+        self._log_sharpness = True
+        try:
+            yield
+        finally:
+            self._log_sharpness = False
+
+    def get_metrics_result(self):
+        logs = super().get_metrics_result()
+        if not self._log_sharpness:
+            logs.pop("sharpness", None)
+        return logs
