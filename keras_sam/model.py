@@ -266,11 +266,16 @@ class SAMModel(keras.Model):
         variables = self.trainable_variables
         wanted = []
         if self._options.friendly:
-            wanted += [(self._ema, "sam_ema", i) for i in plan.perturbed_indices]
+            wanted += [
+                (self._ema, "sam_ema", i) for i in plan.perturbed_indices
+            ]
         if self._options.reuse == "look":
             wanted += [(self._g_v, "sam_g_v", i) for i in plan.gradient_indices]
-        missing = [(s, p, variables[i]) for s, p, i in wanted
-                   if variables[i].path not in s]
+        missing = [
+            (s, p, variables[i])
+            for s, p, i in wanted
+            if variables[i].path not in s
+        ]
         if not missing:
             return
         # A built layer locks its state; new trainable variables (unfrozen
@@ -357,7 +362,8 @@ class SAMModel(keras.Model):
         position = {i: j for j, i in enumerate(gi)}
         g = to_float32(
             [
-                ops.zeros_like(trainable_values[i]) if grads[i] is None
+                ops.zeros_like(trainable_values[i])
+                if grads[i] is None
                 else grads[i]
                 for i in gi
             ]
@@ -366,7 +372,11 @@ class SAMModel(keras.Model):
         t = state["iterations"] - o.start_step
         active = ops.greater_equal(t, 0)
         ascent = schedule.takes_ascent(t, o.reuse, o.k)
-        new_state = {"iterations": state["iterations"] + 1, "ema": [], "g_v": []}
+        new_state = {
+            "iterations": state["iterations"] + 1,
+            "ema": [],
+            "g_v": [],
+        }
 
         direction = g_p
         if o.friendly:
@@ -388,7 +398,8 @@ class SAMModel(keras.Model):
                 )
             loss_2, grads_2 = second_pass(perturbed)
             g_s = [
-                ops.zeros_like(trainable_values[i]) if grads_2[i] is None
+                ops.zeros_like(trainable_values[i])
+                if grads_2[i] is None
                 else grads_2[i]
                 for i in gi
             ]
@@ -398,13 +409,19 @@ class SAMModel(keras.Model):
                 g_s32 = to_float32(g_s)
                 projected = schedule.look_projection(g, g_s32)
                 finite = all_finite(g_s32)
-                g_v = [ops.where(finite, new, old)
-                       for new, old in zip(projected, g_v)]
+                g_v = [
+                    ops.where(finite, new, old)
+                    for new, old in zip(projected, g_v)
+                ]
             return g_s, sharpness, g_v
 
         def without_ascent():
-            final = [grads[i] if grads[i] is not None
-                     else ops.zeros_like(trainable_values[i]) for i in gi]
+            final = [
+                grads[i]
+                if grads[i] is not None
+                else ops.zeros_like(trainable_values[i])
+                for i in gi
+            ]
             if o.reuse == "look":
                 # alpha = 0 before start_step: g + 0 * g_v == g exactly.
                 alpha = ops.where(active, o.alpha, 0.0)
@@ -421,7 +438,12 @@ class SAMModel(keras.Model):
         return final, new_state, sharpness, ops.cast(ascent, "float32")
 
     def perturbed_loss(
-        self, trainable_values, non_trainable_values, metrics_values, x, y,
+        self,
+        trainable_values,
+        non_trainable_values,
+        metrics_values,
+        x,
+        y,
         sample_weight,
     ):
         """Pass 2: the loss at the given values, side effects discarded.
@@ -448,7 +470,10 @@ class SAMModel(keras.Model):
                 state_mapping=list(zip(self.metrics_variables, metrics_values))
             ):
                 loss = self._compute_loss(
-                    x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                    x=x,
+                    y=y,
+                    y_pred=y_pred,
+                    sample_weight=sample_weight,
                     training=True,
                 )
         finally:

@@ -95,13 +95,19 @@ def _check_bool(name: str, value: Any) -> None:
 
 def _check_real(name: str, value: Any, low: float, high: float | None) -> None:
     """Checks `low <= value < high` (`high=None`: no upper bound)."""
-    allowed = f"a float in [{low}, {high})" if high is not None else (
-        f"a float >= {low}"
+    allowed = (
+        f"a float in [{low}, {high})"
+        if high is not None
+        else (f"a float >= {low}")
     )
     if not _is_real(value):
-        raise TypeError(f"`{name}` must be {allowed}; received {name}={value!r}.")
-    if not math.isfinite(value) or value < low or (
-        high is not None and value >= high
+        raise TypeError(
+            f"`{name}` must be {allowed}; received {name}={value!r}."
+        )
+    if (
+        not math.isfinite(value)
+        or value < low
+        or (high is not None and value >= high)
     ):
         raise ValueError(
             f"`{name}` must be {allowed}; received {name}={value!r}."
@@ -160,7 +166,7 @@ def resolve_options(
     alpha: float | None = None,
     ascent: str | None = None,
 ) -> SAMOptions:
-    """Applies the preset of `method`, then the explicit options, and checks all.
+    """Applies the preset of `method`, then the explicit options; checks all.
 
     An option left as `None` takes the preset's value, or the default of
     DESIGN §1. `reuse` cannot be reset to `None` explicitly (use a preset
@@ -191,8 +197,12 @@ def resolve_options(
     start_step = 0 if start_step is None else start_step
     _check_int("start_step", start_step, 0)
 
-    _only_for("adaptive", adaptive, geometry == "adaptive",
-              "to the adaptive geometry (methods asam, fasam)")
+    _only_for(
+        "adaptive",
+        adaptive,
+        geometry == "adaptive",
+        "to the adaptive geometry (methods asam, fasam)",
+    )
     if geometry == "adaptive":
         adaptive = "elementwise" if adaptive is None else adaptive
         _check_choice("adaptive", adaptive, ADAPTIVE_SCALINGS)
@@ -206,15 +216,22 @@ def resolve_options(
             f"{method!r} uses the {geometry!r} geometry. Received norm='linf'."
         )
 
-    _only_for("eta", eta, geometry in _ETA_DEFAULTS,
-              "to the adaptive and fisher geometries (methods asam, fasam, "
-              "fisher)")
+    _only_for(
+        "eta",
+        eta,
+        geometry in _ETA_DEFAULTS,
+        "to the adaptive and fisher geometries (methods asam, fasam, fisher)",
+    )
     if geometry in _ETA_DEFAULTS:
         eta = _ETA_DEFAULTS[geometry] if eta is None else eta
         _check_real("eta", eta, 0.0, None)
 
-    _only_for("normalize_bias", normalize_bias, geometry == "adaptive",
-              "to the adaptive geometry (methods asam, fasam)")
+    _only_for(
+        "normalize_bias",
+        normalize_bias,
+        geometry == "adaptive",
+        "to the adaptive geometry (methods asam, fasam)",
+    )
     if geometry == "adaptive":
         normalize_bias = False if normalize_bias is None else normalize_bias
         _check_bool("normalize_bias", normalize_bias)
@@ -231,8 +248,7 @@ def resolve_options(
 
     reuse = preset.get("reuse") if reuse is None else reuse
     _check_choice("reuse", reuse, REUSE_MODES)
-    _only_for("k", k, reuse is not None,
-              "with reuse='look' or reuse='every_k'")
+    _only_for("k", k, reuse is not None, "with reuse='look' or reuse='every_k'")
     _only_for("alpha", alpha, reuse == "look", "with reuse='look'")
     if reuse is not None:
         k = 5 if k is None else k

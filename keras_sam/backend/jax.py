@@ -68,7 +68,8 @@ def train_step(model, state, data):
     with keras.StatelessScope(state_mapping=mapping) as scope:
         model._sharpness_tracker.update_state(sharpness, sample_weight=ascent)
     metrics_values = [
-        scope.get_current_value(v) if scope.get_current_value(v) is not None
+        scope.get_current_value(v)
+        if scope.get_current_value(v) is not None
         else value
         for v, value in mapping
     ]
@@ -76,4 +77,9 @@ def train_step(model, state, data):
         logs, metrics_values = model._update_metrics_variables(
             metrics_values, loss, x, y, y_pred, sample_weight
         )
-    return logs, (trainable, new_non_trainable, optimizer_values, metrics_values)
+    return logs, (
+        trainable,
+        new_non_trainable,
+        optimizer_values,
+        metrics_values,
+    )

@@ -21,6 +21,10 @@ def _dense(gradient):
 
 def train_step(model, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if not model.built:
+        # Without a strategy Keras' TF trainer defers building to the first
+        # trace; the SAM state must exist before the step reads it.
+        model.build(tf.nest.map_structure(lambda t: tuple(t.shape), x))
     variables = model.trainable_variables
     plan = model._plan()
     state_variables = model.state_variables(plan)
@@ -49,7 +53,11 @@ def train_step(model, data):
         with tf.GradientTape() as tape:
             tape.watch(values)
             loss_2 = model.perturbed_loss(
-                values, non_trainable_before, metrics_values, x, y,
+                values,
+                non_trainable_before,
+                metrics_values,
+                x,
+                y,
                 sample_weight,
             )
             scaled = model.optimizer.scale_loss(loss_2)

@@ -3,8 +3,39 @@ for pass 2."""
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import torch
+
+
+def _rng_snapshot():
+    """The global torch RNG states (CPU and initialised CUDA devices)."""
+    devices = (
+        list(range(torch.cuda.device_count()))
+        if torch.cuda.is_initialized()
+        else []
+    )
+    cuda = [torch.cuda.get_rng_state(d) for d in devices]
+    return devices, torch.get_rng_state(), cuda
+
+
+@contextlib.contextmanager
+def _replay_rng(snapshot):
+    """Runs the block from the RNG state of `snapshot`, then restores the
+    state it found.
+
+    Keras' torch `dropout` draws an unseeded layer's mask from the global
+    torch RNG, not from its `SeedGenerator` state: replaying the pre-pass-1
+    RNG state gives pass 2 the mask of pass 1, and the RNG still advances
+    once per step.
+    """
+    devices, cpu, cuda = snapshot
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(cpu)
+        for device, state in zip(devices, cuda):
+            torch.cuda.set_rng_state(state, device)
+        yield
 
 
 def train_step(model, data):
@@ -20,6 +51,8 @@ def train_step(model, data):
         v.value if id(v) in state_ids else v.value.detach().clone()
         for v in model.non_trainable_variables
     ]
+
+    rng = _rng_snapshot()
 
     # Pass 1, as keras.src.backend.torch.trainer does it.
     if model._call_has_training_arg:
@@ -42,9 +75,13 @@ def train_step(model, data):
 
     def second_pass(values):
         leaves = [value.detach().requires_grad_(True) for value in values]
-        with torch.enable_grad():
+        with torch.enable_grad(), _replay_rng(rng):
             loss_2 = model.perturbed_loss(
-                leaves, non_trainable_before, metrics_values, x, y,
+                leaves,
+                non_trainable_before,
+                metrics_values,
+                x,
+                y,
                 sample_weight,
             )
             scaled = model.optimizer.scale_loss(loss_2)

@@ -125,7 +125,9 @@ def make_geometry(options: SAMOptions, variables: Sequence) -> Geometry:
     raise ValueError(f"Unknown geometry: {options.geometry!r}.")
 
 
-def perturbation(geometry: Geometry, direction, gradients, weights, rho) -> list:
+def perturbation(
+    geometry: Geometry, direction, gradients, weights, rho
+) -> list:
     """`geometry(...)`, or zeros where the direction or gradient is not finite.
 
     A zero or non-finite norm gives `eps = 0`, never NaN (DESIGN §3); a zero

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import keras
 from keras import ops
 
 from keras_sam.methods.tensors import DELTA, global_dot, global_norm
 
 
 def rho_at(rho: float | Callable, t):
-    """The radius at SAM step `t` (>= 0): a constant or `rho(t)`."""
-    if isinstance(rho, keras.optimizers.schedules.LearningRateSchedule) or (
-        callable(rho)
-    ):
+    """The radius at SAM step `t` (>= 0): a constant, or `rho(t)` for a
+    `LearningRateSchedule` or any callable."""
+    if callable(rho):
         return ops.cast(rho(t), "float32")
     return rho
 

@@ -18,9 +18,7 @@ def to_float32(tensors: Sequence) -> list:
 
 def global_dot(a: Sequence, b: Sequence):
     """`sum_i <a_i, b_i>` over two aligned lists of tensors."""
-    return sum(
-        (ops.sum(x * y) for x, y in zip(a, b)), ops.zeros((), "float32")
-    )
+    return sum((ops.sum(x * y) for x, y in zip(a, b)), ops.zeros((), "float32"))
 
 
 def global_norm(tensors: Sequence):

@@ -1,0 +1,48 @@
+"""Keras twins of the NumPy reference model, and comparisons."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from reference import NAMES
+
+LR = 0.1
+
+
+def reference_mlp(params: dict, l2: float = 0.0) -> keras.Model:
+    """Dense -> LayerNorm -> tanh -> Dense, with the reference's weights."""
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    inputs = keras.Input((params["w1"].shape[0],))
+    h = keras.layers.Dense(
+        params["w1"].shape[1], kernel_regularizer=regularizer
+    )(inputs)
+    h = keras.layers.LayerNormalization()(h)
+    h = keras.layers.Activation("tanh")(h)
+    outputs = keras.layers.Dense(params["w2"].shape[1])(h)
+    model = keras.Model(inputs, outputs)
+    model.set_weights([np.asarray(params[n], "float32") for n in NAMES])
+    return model
+
+
+def compile_sgd(model: keras.Model, lr: float = LR, **kwargs) -> None:
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **kwargs,
+    )
+
+
+def weights_of(model: keras.Model) -> dict:
+    return dict(zip(NAMES, model.get_weights()))
+
+
+def assert_weights_close(model, expected: dict, rtol=1e-5, atol=1e-6, msg=""):
+    actual = weights_of(model)
+    for name in NAMES:
+        np.testing.assert_allclose(
+            actual[name],
+            expected[name],
+            rtol=rtol,
+            atol=atol,
+            err_msg=f"{msg} variable {name}",
+        )

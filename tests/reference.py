@@ -1,0 +1,252 @@
+"""An independent NumPy reference of the SAM family, written from the papers.
+
+Nothing here is derived from `keras_sam`: the model (Dense -> LayerNorm ->
+tanh -> Dense, softmax cross-entropy) has a hand-written forward and
+backward pass in float64, and the parameters live in ONE flat vector with a
+slice per variable, so every "global" norm is a plain vector norm and every
+per-variable quantity is a slice. The SAM variants follow the equations
+cited at each function; DESIGN §3 fixes the ambiguities.
+
+Papers (under shared/papers):
+    SAM: Foret et al. 2021, eq. 2-3 (as recalled in LookSAM eq. 2-3).
+    ASAM / Fisher / linf / SAM-ON: Mueller et al. 2023, eq. 5 and Table 9.
+    F-SAM: Li et al. 2024, Alg. 1.
+    LayerSAM, LookSAM, SAM-k: Liu et al. 2022, eq. 4 and 7, Alg. 1-3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+DELTA = 1e-12
+LN_EPSILON = 1e-3  # keras.layers.LayerNormalization's default
+
+# Trainable variables of the reference model, in Keras' order.
+NAMES = ("w1", "b1", "gamma", "beta", "w2", "b2")
+NORM_NAMES = ("gamma", "beta")
+BIAS_NAMES = ("b1", "beta", "b2")
+
+
+class FlatParams:
+    """Slices of a flat parameter vector, one per named variable."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self.shapes = shapes
+        self.slices = {}
+        start = 0
+        for name in NAMES:
+            size = int(np.prod(shapes[name]))
+            self.slices[name] = slice(start, start + size)
+            start += size
+        self.size = start
+
+    def flatten(self, arrays: dict) -> np.ndarray:
+        return np.concatenate(
+            [np.asarray(arrays[n], np.float64).ravel() for n in NAMES]
+        )
+
+    def unflatten(self, theta: np.ndarray) -> dict:
+        return {n: theta[self.slices[n]].reshape(self.shapes[n]) for n in NAMES}
+
+    def indicator(self, names) -> np.ndarray:
+        """1.0 on the coordinates of `names`, 0.0 elsewhere."""
+        out = np.zeros(self.size)
+        for n in names:
+            out[self.slices[n]] = 1.0
+        return out
+
+
+def init_params(
+    n_in: int = 6, n_hidden: int = 8, n_out: int = 3, seed: int = 0
+) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "w1": rng.normal(0, 0.5, (n_in, n_hidden)),
+        "b1": rng.normal(0, 0.1, (n_hidden,)),
+        "gamma": 1.0 + rng.normal(0, 0.1, (n_hidden,)),
+        "beta": rng.normal(0, 0.1, (n_hidden,)),
+        "w2": rng.normal(0, 0.5, (n_hidden, n_out)),
+        "b2": rng.normal(0, 0.1, (n_out,)),
+    }
+
+
+def loss_and_grad(
+    params: dict, x, y, sample_weight=None, l2: float = 0.0
+) -> tuple[float, dict]:
+    """Mean weighted cross-entropy (+ `l2 * sum(w1^2)`) and its gradient.
+
+    Keras' "sum_over_batch_size": `sum_i s_i * loss_i / n`.
+    """
+    x = np.asarray(x, np.float64)
+    n = x.shape[0]
+    s = np.ones(n) if sample_weight is None else np.asarray(sample_weight)
+    z = x @ params["w1"] + params["b1"]
+    mu = z.mean(axis=1, keepdims=True)
+    var = ((z - mu) ** 2).mean(axis=1, keepdims=True)
+    inv = 1.0 / np.sqrt(var + LN_EPSILON)
+    xhat = (z - mu) * inv
+    a = params["gamma"] * xhat + params["beta"]
+    h = np.tanh(a)
+    logits = h @ params["w2"] + params["b2"]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    onehot = np.eye(logits.shape[1])[np.asarray(y)]
+    loss = -(s * (onehot * logp).sum(axis=1)).sum() / n
+    loss += l2 * np.sum(params["w1"] ** 2)
+
+    dlogits = (np.exp(logp) - onehot) * (s / n)[:, None]
+    grads = {"w2": h.T @ dlogits, "b2": dlogits.sum(axis=0)}
+    da = (dlogits @ params["w2"].T) * (1.0 - h**2)
+    grads["gamma"] = (da * xhat).sum(axis=0)
+    grads["beta"] = da.sum(axis=0)
+    dxhat = da * params["gamma"]
+    dz = inv * (
+        dxhat
+        - dxhat.mean(axis=1, keepdims=True)
+        - xhat * (dxhat * xhat).mean(axis=1, keepdims=True)
+    )
+    grads["w1"] = x.T @ dz + 2.0 * l2 * params["w1"]
+    grads["b1"] = dz.sum(axis=0)
+    return float(loss), grads
+
+
+@dataclasses.dataclass
+class Config:
+    """A point of the method space, spelled out (no presets here)."""
+
+    geometry: str = "l2"  # l2 | adaptive | fisher | layer
+    norm: str = "l2"  # l2 | linf
+    layerwise: bool = False  # adaptive only
+    eta: float = 0.01
+    normalize_bias: bool = False
+    perturbed: tuple[str, ...] = NAMES
+    friendly: bool = False
+    ema_decay: float = 0.9
+    sigma: float = 1.0
+    reuse: str | None = None  # None | look | every_k
+    k: int = 5
+    alpha: float = 0.7
+    start_step: int = 0
+    rho: object = 0.05  # float, or a function of the SAM step t
+
+
+class Reference:
+    """Runs the SAM family on the reference model with plain SGD."""
+
+    def __init__(self, config: Config, params: dict, lr: float, l2=0.0):
+        self.c = config
+        self.flat = FlatParams({n: np.shape(params[n]) for n in NAMES})
+        self.theta = self.flat.flatten(params)
+        self.lr = lr
+        self.l2 = l2
+        self.step_count = 0
+        self.m = np.zeros(self.flat.size)  # F-SAM EMA, m_{-1} = 0
+        self.g_v = np.zeros(self.flat.size)  # LookSAM's stored g_v
+        self.mask = self.flat.indicator(config.perturbed)
+        self.last_sharpness = None
+        self.last_loss = None
+
+    def params(self) -> dict:
+        return self.flat.unflatten(self.theta)
+
+    def grad(self, theta, x, y, sample_weight):
+        loss, g = loss_and_grad(
+            self.flat.unflatten(theta), x, y, sample_weight, self.l2
+        )
+        return loss, self.flat.flatten(g)
+
+    # -- geometries: eps on the masked coordinates, zero elsewhere ----------
+
+    def _diag_perturbation(self, d, T):
+        """SAM-ON eq. 5: l2 `rho T^2 d / ||T d||`; linf `rho T sign(d)`."""
+        rho = self.rho
+        if self.c.norm == "linf":
+            return rho * T * np.sign(d)
+        Td = T * d
+        return rho * T * Td / (np.linalg.norm(Td) + DELTA)
+
+    def epsilon(self, g, d, theta):
+        c, m = self.c, self.mask
+        d = d * m
+        g = g * m
+        if c.geometry == "l2":  # Foret et al. eq. 2
+            return self._diag_perturbation(d, m)
+        if c.geometry == "adaptive":  # Kwon et al.; SAM-ON Table 9
+            T = np.zeros(self.flat.size)
+            for n in c.perturbed:
+                sl = self.flat.slices[n]
+                if n in BIAS_NAMES and not c.normalize_bias:
+                    T[sl] = 1.0
+                elif c.layerwise:
+                    T[sl] = np.linalg.norm(theta[sl]) + c.eta
+                else:
+                    T[sl] = np.abs(theta[sl]) + c.eta
+            return self._diag_perturbation(d, T)
+        if c.geometry == "fisher":  # Kim et al.; SAM-ON Table 9
+            T = m / np.sqrt(1.0 + c.eta * g**2)
+            return self._diag_perturbation(d, T)
+        if c.geometry == "layer":  # LookSAM paper eq. 7, p = q = 2
+            eps = np.zeros(self.flat.size)
+            dn = np.linalg.norm(d)
+            for n in c.perturbed:
+                sl = self.flat.slices[n]
+                ratio = np.linalg.norm(theta[sl]) / (
+                    np.linalg.norm(g[sl]) + DELTA
+                )
+                eps[sl] = self.rho * ratio * d[sl] / (dn + DELTA)
+            return eps
+        raise ValueError(c.geometry)
+
+    # -- one training step --------------------------------------------------
+
+    def step(self, x, y, sample_weight=None):
+        c = self.c
+        t = self.step_count - c.start_step
+        self.step_count += 1
+        loss, g = self.grad(self.theta, x, y, sample_weight)
+        self.last_loss, self.last_sharpness = loss, None
+        if t < 0:  # perturbation delay: a plain SGD step
+            self.theta = self.theta - self.lr * g
+            return
+        self.rho = c.rho(t) if callable(c.rho) else c.rho
+        d = g
+        if c.friendly:  # F-SAM Alg. 1 lines 5 and 7 (m updated first)
+            self.m = np.where(
+                self.mask > 0, c.ema_decay * self.m + (1 - c.ema_decay) * g, 0
+            )
+            d = g - c.sigma * self.m
+        ascent = c.reuse is None or t % c.k == 0
+        if ascent:
+            eps = self.epsilon(g, d, self.theta)
+            loss_s, g_s = self.grad(self.theta + eps, x, y, sample_weight)
+            self.last_sharpness = loss_s - loss
+            if c.reuse == "look":  # LookSAM Alg. 1: g_v = g_s - proj_g g_s
+                cos_term = np.dot(g, g_s) / (np.dot(g, g) + DELTA)
+                self.g_v = g_s - cos_term * g
+            update = g_s
+        elif c.reuse == "look":  # g + alpha ||g|| / ||g_v|| g_v
+            update = (
+                g
+                + c.alpha
+                * np.linalg.norm(g)
+                / (np.linalg.norm(self.g_v) + DELTA)
+                * self.g_v
+            )
+        else:  # SAM-k: plain gradient between ascents
+            update = g
+        self.theta = self.theta - self.lr * update
+
+
+def make_batches(
+    n_batches: int = 8,
+    batch: int = 16,
+    n_in: int = 6,
+    n_out: int = 3,
+    seed: int = 1,
+):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_batches, batch, n_in))
+    y = rng.integers(0, n_out, size=(n_batches, batch))
+    return x, y
