@@ -73,7 +73,8 @@ class SAMModel(keras.Model):
         method: the preset, one of the table above. Defaults to `"sam"`.
         rho: the perturbation radius: a float >= 0, a
             `keras.optimizers.schedules.LearningRateSchedule`, or a callable
-            of the SAM step `t` (0 at `start_step`). Defaults to `0.05`.
+            of the SAM step `t` (0 at `start_step`; passed as a float32
+            scalar tensor). Defaults to `0.05`.
         perturb: which trainable variables are perturbed: `"all"`, `"norm"`
             (those of normalization layers, SAM-ON), `"no_norm"`, or a
             callable `variable -> bool`. Defaults to the preset's mask.

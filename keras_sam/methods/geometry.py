@@ -134,5 +134,7 @@ def perturbation(
     norm already does through `delta`.
     """
     eps = geometry(direction, gradients, weights, rho)
-    finite = ops.logical_and(all_finite(direction), all_finite(gradients))
+    finite = all_finite(direction)
+    if direction is not gradients:  # friendly: fisher and layer read g too
+        finite = ops.logical_and(finite, all_finite(gradients))
     return [ops.where(finite, e, ops.zeros_like(e)) for e in eps]

@@ -20,9 +20,10 @@ from keras_sam.methods.tensors import DELTA, global_dot, global_norm
 
 def rho_at(rho: float | Callable, t):
     """The radius at SAM step `t` (>= 0): a constant, or `rho(t)` for a
-    `LearningRateSchedule` or any callable."""
+    `LearningRateSchedule` or any callable, called with `t` as a float32
+    scalar tensor."""
     if callable(rho):
-        return ops.cast(rho(t), "float32")
+        return ops.cast(rho(ops.cast(t, "float32")), "float32")
     return rho
 
 

@@ -1,0 +1,33 @@
+# keras-sam: `make demo` runs the demo, `make test` the whole suite on the
+# tensorflow, jax and torch backends in turn.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BACKENDS ?= tensorflow jax torch
+# The CPU build of torch; an unpinned torch pulls CUDA packages.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install test demo lint
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q '$(TORCH_PIN)' -e '.[all]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# One pytest run per backend; any failure (or a run that collects no test:
+# pytest exits 5) fails the target.
+test: install
+	@for backend in $(BACKENDS); do \
+		echo "=== KERAS_BACKEND=$$backend"; \
+		KERAS_BACKEND=$$backend $(PY) -m pytest -q tests || exit $$?; \
+	done
+
+demo: install
+	$(PY) -m keras_sam.demo
+
+lint: install
+	$(PY) -m ruff check keras_sam tests benchmarks
+	$(PY) -m ruff format --check keras_sam tests benchmarks

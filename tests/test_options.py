@@ -1,0 +1,201 @@
+"""Presets, overrides and the error for every invalid option value."""
+
+import keras
+import pytest
+
+from keras_sam import PRESETS, SAMModel
+
+
+def _mlp(norm=True):
+    layers = [keras.Input((4,)), keras.layers.Dense(8)]
+    if norm:
+        layers.append(keras.layers.LayerNormalization())
+    layers.append(keras.layers.Dense(2))
+    return keras.Sequential(layers)
+
+
+@pytest.mark.parametrize("method", sorted(PRESETS))
+def test_every_preset_constructs(method):
+    sam = SAMModel(_mlp(), method=method)
+    assert sam.options.method == method
+    assert sam.inner is not None
+
+
+def test_defaults_follow_the_design_table():
+    o = SAMModel(_mlp()).options
+    assert (o.method, o.geometry, o.rho, o.perturb) == (
+        "sam",
+        "l2",
+        0.05,
+        "all",
+    )
+    assert (o.start_step, o.norm, o.ascent) == (0, "l2", "global")
+    assert (o.friendly, o.reuse, o.k, o.alpha) == (False, None, None, None)
+    assert SAMModel(_mlp(), method="asam").options.eta == 0.01
+    assert SAMModel(_mlp(), method="fisher").options.eta == 1.0
+    fsam = SAMModel(_mlp(), method="fsam").options
+    assert (fsam.ema_decay, fsam.sigma) == (0.9, 1.0)
+    look = SAMModel(_mlp(), method="looksam").options
+    assert (look.k, look.alpha) == (5, 0.7)
+
+
+def test_explicit_options_override_the_preset():
+    o = SAMModel(
+        _mlp(), method="looksam", perturb="norm", friendly=True, k=3
+    ).options
+    assert (o.reuse, o.perturb, o.friendly, o.k) == ("look", "norm", True, 3)
+    assert SAMModel(_mlp(), method="samon", perturb="all").options.perturb == (
+        "all"
+    )
+
+
+def test_inner_is_the_wrapped_model():
+    model = _mlp()
+    assert SAMModel(model).inner is model
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragments",
+    [
+        ({"method": "sharp"}, ValueError, ["method", "'sharp'", "looksam"]),
+        ({"method": 3}, ValueError, ["method", "3", "sam"]),
+        ({"rho": -0.1}, ValueError, ["rho", "-0.1", "float >= 0"]),
+        ({"rho": float("nan")}, ValueError, ["rho", "nan"]),
+        ({"rho": "big"}, TypeError, ["rho", "'big'", "LearningRateSchedule"]),
+        ({"rho": True}, TypeError, ["rho", "True"]),
+        ({"perturb": "bn"}, ValueError, ["perturb", "'bn'", "no_norm"]),
+        ({"perturb": 3}, TypeError, ["perturb", "3", "callable"]),
+        ({"start_step": -1}, ValueError, ["start_step", "-1", "int >= 0"]),
+        ({"start_step": 1.5}, TypeError, ["start_step", "1.5"]),
+        (
+            {"method": "looksam", "k": 0},
+            ValueError,
+            ["`k`", "k=0", "int >= 1"],
+        ),
+        (
+            {"method": "samk", "k": 2.0},
+            TypeError,
+            ["`k`", "k=2.0", "int >= 1"],
+        ),
+        ({"method": "samk", "k": True}, TypeError, ["`k`", "True"]),
+        (
+            {"method": "looksam", "alpha": 1.0},
+            ValueError,
+            ["alpha", "1.0", "[0.0, 1.0)"],
+        ),
+        (
+            {"method": "looksam", "alpha": -0.1},
+            ValueError,
+            ["alpha", "-0.1", "[0.0, 1.0)"],
+        ),
+        (
+            {"method": "fsam", "ema_decay": 1.0},
+            ValueError,
+            ["ema_decay", "1.0", "[0.0, 1.0)"],
+        ),
+        (
+            {"method": "fsam", "ema_decay": -0.5},
+            ValueError,
+            ["ema_decay", "-0.5"],
+        ),
+        ({"method": "fsam", "sigma": -1.0}, ValueError, ["sigma", "-1.0"]),
+        ({"method": "asam", "eta": -1.0}, ValueError, ["eta", "-1.0"]),
+        (
+            {"method": "asam", "adaptive": "global"},
+            ValueError,
+            ["adaptive", "'global'", "layerwise"],
+        ),
+        ({"norm": "l1"}, ValueError, ["norm", "'l1'", "linf"]),
+        (
+            {"method": "layersam", "norm": "linf"},
+            ValueError,
+            ["norm='linf'", "layersam", "layer"],
+        ),
+        (
+            {"method": "fisher", "norm": "linf"},
+            ValueError,
+            ["norm='linf'", "fisher"],
+        ),
+        ({"reuse": "sometimes"}, ValueError, ["reuse", "'sometimes'", "look"]),
+        ({"ascent": "local"}, ValueError, ["ascent", "'local'", "per_replica"]),
+        ({"friendly": 1}, TypeError, ["friendly", "1", "True or False"]),
+        (
+            {"method": "asam", "normalize_bias": "yes"},
+            TypeError,
+            ["normalize_bias", "'yes'"],
+        ),
+        # Options that do not apply to the chosen method are errors, not
+        # silently ignored.
+        ({"k": 3}, ValueError, ["`k`", "reuse"]),
+        ({"method": "samk", "alpha": 0.5}, ValueError, ["alpha", "look"]),
+        ({"eta": 0.1}, ValueError, ["eta", "adaptive", "fisher"]),
+        ({"adaptive": "layerwise"}, ValueError, ["adaptive", "asam"]),
+        ({"normalize_bias": True}, ValueError, ["normalize_bias", "asam"]),
+        ({"ema_decay": 0.5}, ValueError, ["ema_decay", "friendly=True"]),
+        ({"sigma": 0.5}, ValueError, ["sigma", "friendly=True"]),
+    ],
+)
+def test_invalid_option_names_option_value_and_allowed(
+    kwargs, error, fragments
+):
+    with pytest.raises(error) as info:
+        SAMModel(_mlp(), **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_unknown_method_lists_every_preset():
+    with pytest.raises(ValueError) as info:
+        SAMModel(_mlp(), method="nope")
+    for preset in PRESETS:
+        assert repr(preset) in str(info.value)
+
+
+def test_norm_mask_needs_normalization_layers():
+    with pytest.raises(ValueError, match="perturb='norm'.*has none"):
+        SAMModel(_mlp(norm=False), method="samon")
+    with pytest.raises(ValueError, match="perturb='norm'"):
+        SAMModel(_mlp(norm=False), perturb="norm")
+
+
+def test_norm_mask_finds_normalization_subclasses():
+    class MyNorm(keras.layers.LayerNormalization):
+        pass
+
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8),
+            MyNorm(),
+            keras.layers.Dense(2),
+        ]
+    )
+    assert SAMModel(model, method="samon").options.perturb == "norm"
+
+
+def test_mask_selecting_nothing_is_an_error():
+    with pytest.raises(ValueError, match="selects none"):
+        SAMModel(_mlp(), perturb=lambda v: False)
+
+
+@pytest.mark.parametrize(
+    "model, error, fragment",
+    [
+        ("a string", TypeError, "Keras model or layer"),
+        (lambda x: x, TypeError, "Keras model or layer"),
+    ],
+)
+def test_model_must_be_keras(model, error, fragment):
+    with pytest.raises(error, match=fragment):
+        SAMModel(model)
+
+
+def test_samodel_cannot_wrap_a_samodel():
+    with pytest.raises(TypeError, match="already a SAMModel"):
+        SAMModel(SAMModel(_mlp()))
+
+
+def test_a_rho_schedule_or_callable_is_accepted():
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, 100)
+    assert SAMModel(_mlp(), rho=schedule).options.rho is schedule
+    assert callable(SAMModel(_mlp(), rho=lambda t: 0.1).options.rho)

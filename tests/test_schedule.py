@@ -1,0 +1,65 @@
+"""The schedule axis: when an ascent is taken, LookSAM's g_v and its reuse."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_sam.methods import schedule
+
+
+def _t(arrays):
+    return [ops.convert_to_tensor(a) for a in arrays]
+
+
+@pytest.mark.parametrize(
+    "reuse, k, expected",
+    [
+        (None, None, [0, 0, 1, 1, 1, 1, 1, 1]),
+        ("look", 3, [0, 0, 1, 0, 0, 1, 0, 0]),
+        ("every_k", 2, [0, 0, 1, 0, 1, 0, 1, 0]),
+        ("look", 1, [0, 0, 1, 1, 1, 1, 1, 1]),
+    ],
+)
+def test_ascent_steps(reuse, k, expected):
+    # start_step = 2: t = step - 2
+    taken = [
+        bool(ops.convert_to_numpy(schedule.takes_ascent(step - 2, reuse, k)))
+        for step in range(8)
+    ]
+    assert taken == [bool(e) for e in expected]
+
+
+def test_look_projection_is_orthogonal_to_g_globally():
+    rng = np.random.default_rng(0)
+    g = [
+        rng.normal(size=(3, 2)).astype("float32"),
+        rng.normal(size=4).astype("float32"),
+    ]
+    gs = [
+        rng.normal(size=(3, 2)).astype("float32"),
+        rng.normal(size=4).astype("float32"),
+    ]
+    g_v = [
+        ops.convert_to_numpy(v) for v in schedule.look_projection(_t(g), _t(gs))
+    ]
+    flat = lambda xs: np.concatenate([np.ravel(x) for x in xs])  # noqa: E731
+    fg, fgs = flat(g), flat(gs)
+    expected = fgs - fg * (fg @ fgs) / (fg @ fg)
+    np.testing.assert_allclose(flat(g_v), expected, rtol=1e-5, atol=1e-6)
+    # Global, not per tensor: each tensor alone is generally not orthogonal.
+    assert abs(flat(g_v) @ fg) < 1e-4
+    assert abs(np.ravel(g_v[0]) @ np.ravel(g[0])) > 1e-3
+
+
+def test_look_reuse_rescales_g_v_to_the_gradient_norm():
+    g = [np.array([3.0, 4.0], "float32")]
+    g_v = [np.array([0.0, 10.0], "float32")]
+    out = ops.convert_to_numpy(schedule.look_reuse(_t(g), _t(g_v), 0.5)[0])
+    # ||g|| = 5, ||g_v|| = 10: g + 0.5 * 5 / 10 * g_v
+    np.testing.assert_allclose(out, [3.0, 6.5], rtol=1e-6)
+
+
+def test_rho_schedule_is_evaluated_at_the_sam_step():
+    assert schedule.rho_at(0.2, 7) == 0.2
+    value = schedule.rho_at(lambda t: 0.1 * (t + 1), ops.convert_to_tensor(3))
+    np.testing.assert_allclose(ops.convert_to_numpy(value), 0.4, rtol=1e-6)
