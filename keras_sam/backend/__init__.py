@@ -3,6 +3,7 @@ gradient. Everything else of the step is backend-neutral (`SAMModel`)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import keras
@@ -21,9 +22,11 @@ def check_supported() -> None:
         )
 
 
+@functools.cache
+def _adapter(name: str):
+    return importlib.import_module(f"keras_sam.backend.{name}")
+
+
 def train_step(model, *args):
     """The SAM train step of the active backend."""
-    module = importlib.import_module(
-        f"keras_sam.backend.{keras.backend.backend()}"
-    )
-    return module.train_step(model, *args)
+    return _adapter(keras.backend.backend()).train_step(model, *args)
