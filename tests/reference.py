@@ -250,3 +250,42 @@ def make_batches(
     x = rng.normal(size=(n_batches, batch, n_in))
     y = rng.integers(0, n_out, size=(n_batches, batch))
     return x, y
+
+
+def lamb(
+    weights: dict,
+    gradients: list[dict],
+    lr,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-6,
+    weight_decay: float = 0.0,
+    no_decay: tuple[str, ...] = (),
+    no_adaptation: tuple[str, ...] = (),
+) -> list[dict]:
+    """LAMB (You et al. 2019, Algorithm 2, with Adam's bias correction as in
+    the reference TF code): the weights after each step of `gradients`.
+
+    `lr` is a float or a function of the 0-based step index."""
+    w = {n: np.asarray(a, np.float64).copy() for n, a in weights.items()}
+    m = {n: np.zeros_like(a) for n, a in w.items()}
+    v = {n: np.zeros_like(a) for n, a in w.items()}
+    out = []
+    for t, grads in enumerate(gradients, start=1):
+        for n in w:
+            g = np.asarray(grads[n], np.float64)
+            m[n] = beta_1 * m[n] + (1 - beta_1) * g
+            v[n] = beta_2 * v[n] + (1 - beta_2) * g**2
+            r = (m[n] / (1 - beta_1**t)) / (
+                np.sqrt(v[n] / (1 - beta_2**t)) + epsilon
+            )
+            if n not in no_decay:
+                r = r + weight_decay * w[n]
+            trust = 1.0
+            if n not in no_adaptation:
+                wn, rn = np.linalg.norm(w[n]), np.linalg.norm(r)
+                trust = wn / rn if wn > 0 and rn > 0 else 1.0
+            rate = lr(t - 1) if callable(lr) else lr
+            w[n] = w[n] - rate * trust * r
+        out.append({n: a.copy() for n, a in w.items()})
+    return out

@@ -1,0 +1,5 @@
+"""Base optimizers that SAM papers use and Keras lacks in their exact form."""
+
+from keras_sam.optimizers.lamb import LAMB
+
+__all__ = ["LAMB"]

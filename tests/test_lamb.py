@@ -1,0 +1,201 @@
+"""keras_sam.optimizers.LAMB against a NumPy reference of Algorithm 2."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+from reference import lamb
+
+from keras_sam.optimizers import LAMB
+
+SHAPES = {"kernel": (4, 3), "bias": (3,), "gamma": (3,), "zero": (2, 2)}
+
+
+def _problem(steps=5, seed=0):
+    rng = np.random.default_rng(seed)
+    weights = {n: rng.normal(size=s) for n, s in SHAPES.items()}
+    weights["zero"] = np.zeros(SHAPES["zero"])  # ||w|| = 0: trust ratio 1
+    grads = [
+        {n: rng.normal(size=s) for n, s in SHAPES.items()} for _ in range(steps)
+    ]
+    return weights, grads
+
+
+def _run(optimizer, weights, grads):
+    variables = [
+        keras.Variable(np.asarray(weights[n], "float32"), name=n)
+        for n in SHAPES
+    ]
+    trajectory = []
+    for step in grads:
+        optimizer.apply(
+            [
+                ops.convert_to_tensor(np.asarray(step[n], "float32"))
+                for n in SHAPES
+            ],
+            variables,
+        )
+        trajectory.append(
+            {
+                n: ops.convert_to_numpy(v.value)
+                for n, v in zip(SHAPES, variables)
+            }
+        )
+    return trajectory
+
+
+def _assert_trajectory(actual, expected):
+    for step, (a, e) in enumerate(zip(actual, expected)):
+        for n in SHAPES:
+            np.testing.assert_allclose(
+                a[n], e[n], rtol=2e-5, atol=1e-6, err_msg=f"step {step} {n}"
+            )
+
+
+RANK1 = ("bias", "gamma")
+
+
+@pytest.mark.parametrize(
+    "kwargs, reference",
+    [
+        ({}, {}),
+        (
+            {"weight_decay": 0.1},
+            {"weight_decay": 0.1, "no_decay": RANK1, "no_adaptation": RANK1},
+        ),
+        (
+            {"weight_decay": 0.3, "exclude_from_weight_decay": ["bias"]},
+            {
+                "weight_decay": 0.3,
+                "no_decay": ("bias",),
+                "no_adaptation": ("bias",),
+            },
+        ),
+        (
+            {
+                "weight_decay": 0.1,
+                "exclude_from_weight_decay": ["gamma"],
+                "exclude_from_layer_adaptation": [],
+            },
+            {"weight_decay": 0.1, "no_decay": ("gamma",)},
+        ),
+        (
+            {"weight_decay": 0.1, "exclude_from_weight_decay": lambda v: False},
+            {"weight_decay": 0.1},
+        ),
+        (
+            {"beta_1": 0.5, "beta_2": 0.9, "epsilon": 1e-3},
+            {
+                "beta_1": 0.5,
+                "beta_2": 0.9,
+                "epsilon": 1e-3,
+                "no_adaptation": RANK1,
+            },
+        ),
+    ],
+)
+def test_matches_reference(kwargs, reference):
+    weights, grads = _problem()
+    reference.setdefault("no_adaptation", ())
+    if not kwargs:  # defaults: rank <= 1 is excluded from adaptation
+        reference["no_adaptation"] = RANK1
+    expected = lamb(weights, grads, lr=0.01, **reference)
+    _assert_trajectory(_run(LAMB(0.01, **kwargs), weights, grads), expected)
+
+
+def test_weight_decay_sits_inside_the_trust_ratio():
+    """Unlike keras.optimizers.Lamb (decoupled decay): the two differ."""
+    weights, grads = _problem(steps=3)
+    ours = _run(
+        LAMB(0.01, weight_decay=0.2, exclude_from_weight_decay=[]),
+        weights,
+        grads,
+    )
+    keras_lamb = _run(
+        keras.optimizers.Lamb(0.01, weight_decay=0.2), weights, grads
+    )
+    assert not np.allclose(ours[-1]["kernel"], keras_lamb[-1]["kernel"])
+
+
+def test_learning_rate_schedule_is_read_before_each_update():
+    weights, grads = _problem(steps=4)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.02, 1, 0.5)
+    expected = lamb(
+        weights, grads, lr=lambda t: 0.02 * 0.5**t, no_adaptation=RANK1
+    )
+    _assert_trajectory(_run(LAMB(schedule), weights, grads), expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"clipnorm": 0.5},
+        {"global_clipnorm": 0.5},
+        {"use_ema": True},
+        {"gradient_accumulation_steps": 2},
+    ],
+)
+def test_base_optimizer_keywords_train(kwargs):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.LayerNormalization(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=LAMB(0.01, weight_decay=0.01, **kwargs), loss="mse")
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    history = model.fit(x, y, batch_size=16, epochs=6, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_clipnorm_is_applied_before_the_update():
+    weights, grads = _problem(steps=3)
+    clipped = [
+        {n: g[n] * min(1.0, 0.5 / np.linalg.norm(g[n])) for n in g}
+        for g in grads
+    ]
+    expected = lamb(weights, clipped, lr=0.01, no_adaptation=RANK1)
+    _assert_trajectory(_run(LAMB(0.01, clipnorm=0.5), weights, grads), expected)
+
+
+def test_get_config_round_trip():
+    optimizer = LAMB(
+        0.02,
+        beta_1=0.8,
+        weight_decay=0.1,
+        exclude_from_weight_decay=["bias", "norm"],
+        exclude_from_layer_adaptation=["bias"],
+        global_clipnorm=1.0,
+    )
+    restored = LAMB.from_config(optimizer.get_config())
+    assert restored.get_config() == optimizer.get_config()
+    assert restored.lamb_weight_decay == 0.1
+
+
+def test_callable_exclusion_cannot_be_serialized():
+    with pytest.raises(ValueError, match="cannot be serialized"):
+        LAMB(exclude_from_weight_decay=lambda v: True).get_config()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        ({"beta_1": 1.0}, ValueError, "beta_1"),
+        ({"beta_2": -0.1}, ValueError, "beta_2"),
+        ({"epsilon": 0.0}, ValueError, "epsilon"),
+        ({"weight_decay": -1.0}, ValueError, "weight_decay"),
+        ({"exclude_from_weight_decay": "bias"}, TypeError, "list of regular"),
+        (
+            {"exclude_from_layer_adaptation": ["("]},
+            ValueError,
+            "invalid regular",
+        ),
+    ],
+)
+def test_invalid_arguments(kwargs, error, fragment):
+    with pytest.raises(error, match=fragment):
+        LAMB(**kwargs)
