@@ -165,6 +165,10 @@ class LAMB(keras.optimizers.Optimizer):
         self._momentums, self._velocities = self.add_optimizer_variables(
             var_list, ["momentum", "velocity"]
         )
+        # Resolved here, on the Keras variables: `update_step` may receive
+        # the backend's own variable (a tf.Variable on TensorFlow).
+        self._decays = [not self._no_decay(v) for v in var_list]
+        self._adapts = [not self._no_adaptation(v) for v in var_list]
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
@@ -173,17 +177,18 @@ class LAMB(keras.optimizers.Optimizer):
         beta_1_power = ops.power(ops.cast(self.beta_1, variable.dtype), step)
         beta_2_power = ops.power(ops.cast(self.beta_2, variable.dtype), step)
 
-        m = self._momentums[self._get_variable_index(variable)]
-        v = self._velocities[self._get_variable_index(variable)]
+        index = self._get_variable_index(variable)
+        m = self._momentums[index]
+        v = self._velocities[index]
         self.assign_add(m, (gradient - m) * (1.0 - self.beta_1))
         self.assign_add(v, (ops.square(gradient) - v) * (1.0 - self.beta_2))
 
         update = (m / (1.0 - beta_1_power)) / (
             ops.sqrt(v / (1.0 - beta_2_power)) + self.epsilon
         )
-        if self.lamb_weight_decay and not self._no_decay(variable):
+        if self.lamb_weight_decay and self._decays[index]:
             update = update + self.lamb_weight_decay * variable
-        if not self._no_adaptation(variable):
+        if self._adapts[index]:
             w_norm = ops.sqrt(ops.sum(ops.square(variable)))
             u_norm = ops.sqrt(ops.sum(ops.square(update)))
             safe = ops.logical_and(
