@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -12,10 +13,20 @@ from keras import ops
 
 from keras_sam import backend as sam_backend
 from keras_sam.methods import friendly as friendly_lib
-from keras_sam.methods import masks, schedule
+from keras_sam.methods import masks, nuclear, schedule
 from keras_sam.methods.geometry import Geometry, make_geometry, perturbation
+from keras_sam.methods.matrices import MatrixView, weight_matrices
 from keras_sam.methods.tensors import all_finite, to_float32
-from keras_sam.options import SAMOptions, resolve_options
+from keras_sam.options import NUCLEAR_GEOMETRIES, SAMOptions, resolve_options
+
+
+def _constant(value):
+    """An initializer returning `value` (a NumPy array of the right shape)."""
+
+    def initializer(shape, dtype=None):
+        return ops.cast(ops.convert_to_tensor(value), dtype or "float32")
+
+    return initializer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,13 +37,18 @@ class StepPlan:
         gradient_indices: indices into `trainable_variables` of the float
             variables that receive a SAM gradient (not float8
             `overwrite_with_gradient` variables); LookSAM's norms run over them.
-        perturbed_indices: the subset selected by `perturb`.
-        geometry: the geometry bound to the perturbed variables.
+        perturbed_indices: the subset selected by `perturb` (and, for the
+            nuclear geometries, the weight matrices among them).
+        geometry: the geometry bound to the perturbed variables (`None` for
+            the nuclear geometries).
+        views: the matrix view of each perturbed variable (nuclear
+            geometries only, else empty).
     """
 
     gradient_indices: tuple[int, ...]
     perturbed_indices: tuple[int, ...]
-    geometry: Geometry
+    geometry: Geometry | None
+    views: tuple[MatrixView, ...] = ()
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -67,6 +83,12 @@ class SAMModel(keras.Model):
     | `"looksam"` | l2 | no | look | all |
     | `"looklayersam"` | layer | no | look | all |
     | `"samk"` | l2 | no | every_k | all |
+    | `"nusam"` | nuclear | no | none | weight matrices |
+    | `"nusam_norm"` | nuclear_norm | no | none | weight matrices |
+
+    The nuclear geometries perturb only weight matrices (the kernels of
+    `Dense` and `EinsumDense` layers, attention projections included) with
+    one rank-1 perturbation each.
 
     Args:
         model: the `keras.Model` or `keras.layers.Layer` to train.
@@ -99,6 +121,8 @@ class SAMModel(keras.Model):
         k: the period of the ascents with `reuse`, an int >= 1. Defaults
             to `5`.
         alpha: LookSAM's reuse weight, in [0, 1). Defaults to `0.7`.
+        power_iterations: nuSAM's warm-started power iterations per ascent,
+            an int >= 1 (nuclear geometries). Defaults to `1`.
         ascent: `"global"` (the ascent uses the global-batch gradient) or
             `"per_replica"` (each replica perturbs with its own gradient).
             Identical on one device. Defaults to `"global"`.
@@ -143,6 +167,7 @@ class SAMModel(keras.Model):
         reuse: str | None = None,
         k: int | None = None,
         alpha: float | None = None,
+        power_iterations: int | None = None,
         ascent: str | None = None,
         **kwargs: Any,
     ):
@@ -173,6 +198,7 @@ class SAMModel(keras.Model):
             reuse=reuse,
             k=k,
             alpha=alpha,
+            power_iterations=power_iterations,
             ascent=ascent,
         )
         if options.perturb == "norm" and not masks.normalization_layers(model):
@@ -199,6 +225,7 @@ class SAMModel(keras.Model):
         # Persistent state, keyed by the path of the trainable variable.
         self._ema: dict[str, keras.Variable] = {}
         self._g_v: dict[str, keras.Variable] = {}
+        self._u: dict[str, keras.Variable] = {}
         if model.built:
             self._create_state()
             self.built = True
@@ -253,6 +280,23 @@ class SAMModel(keras.Model):
                 f"{len(gradient_indices)} trainable float variables of model "
                 f"{self._inner.name!r}; nothing would be perturbed."
             )
+        if self._options.geometry in NUCLEAR_GEOMETRIES:
+            views = weight_matrices(self._inner)
+            perturbed = [i for i in perturbed if id(variables[i]) in views]
+            if not perturbed:
+                raise ValueError(
+                    f"method {self._options.method!r} perturbs the kernels of "
+                    "Dense and EinsumDense layers, and none of them is "
+                    "trainable and selected by perturb="
+                    f"{self._options.perturb!r} in model "
+                    f"{self._inner.name!r}."
+                )
+            return StepPlan(
+                gradient_indices=tuple(gradient_indices),
+                perturbed_indices=tuple(perturbed),
+                geometry=None,
+                views=tuple(views[id(variables[i])] for i in perturbed),
+            )
         return StepPlan(
             gradient_indices=tuple(gradient_indices),
             perturbed_indices=tuple(perturbed),
@@ -272,10 +316,16 @@ class SAMModel(keras.Model):
             ]
         if self._options.reuse == "look":
             wanted += [(self._g_v, "sam_g_v", i) for i in plan.gradient_indices]
+        if plan.views:
+            wanted += [(self._u, "sam_u", i) for i in plan.perturbed_indices]
+            initial_u = dict(
+                zip(
+                    plan.perturbed_indices,
+                    nuclear.initial_vectors([v.rows for v in plan.views]),
+                )
+            )
         missing = [
-            (s, p, variables[i])
-            for s, p, i in wanted
-            if variables[i].path not in s
+            (s, p, i) for s, p, i in wanted if variables[i].path not in s
         ]
         if not missing:
             return
@@ -284,11 +334,17 @@ class SAMModel(keras.Model):
         locked = self._tracker.locked
         self._tracker.unlock()
         try:
-            for store, prefix, variable in missing:
+            for store, prefix, i in missing:
+                variable = variables[i]
+                if store is self._u:
+                    value = initial_u[i]
+                    shape, initializer = value.shape, _constant(value)
+                else:
+                    shape, initializer = variable.shape, "zeros"
                 store[variable.path] = self.add_weight(
-                    shape=variable.shape,
+                    shape=shape,
                     dtype="float32",
-                    initializer="zeros",
+                    initializer=initializer,
                     trainable=False,
                     name=f"{prefix}_{variable.path.replace('/', '_')}",
                 )
@@ -301,8 +357,9 @@ class SAMModel(keras.Model):
 
         Returns:
             `{"iterations": step counter, "ema": [F-SAM EMA per perturbed
-            variable], "g_v": [LookSAM g_v per gradient variable]}` (empty
-            lists where the method keeps no such state).
+            variable], "g_v": [LookSAM g_v per gradient variable], "u":
+            [nuSAM fan-in vector per perturbed matrix]}` (empty lists where
+            the method keeps no such state).
         """
         plan = plan or self._plan()
         variables = self.trainable_variables
@@ -326,7 +383,23 @@ class SAMModel(keras.Model):
             "g_v": lookup(self._g_v, plan.gradient_indices)
             if self._options.reuse == "look"
             else [],
+            "u": lookup(self._u, plan.perturbed_indices) if plan.views else [],
         }
+
+    def perturbation_state_size(self) -> int:
+        """The number of values the method keeps between steps, beyond the
+        base optimizer (the step counter aside).
+
+        SAM, ASAM, Fisher, SAM-ON, LayerSAM, SAM-k: 0 (but each ascent holds a
+        transient perturbation as large as the perturbed variables). F-SAM:
+        one value per perturbed parameter (the EMA). LookSAM: one per
+        trainable parameter (`g_v`). nuSAM: one per row of each weight matrix
+        (the fan-in vectors `u`). Compositions add up.
+        """
+        state = self.state_variables()
+        return sum(
+            math.prod(v.shape) for v in state["ema"] + state["g_v"] + state["u"]
+        )
 
     # ---- The step ---------------------------------------------------------
 
@@ -377,6 +450,7 @@ class SAMModel(keras.Model):
             "iterations": state["iterations"] + 1,
             "ema": [],
             "g_v": [],
+            "u": [],
         }
 
         direction = g_p
@@ -389,9 +463,13 @@ class SAMModel(keras.Model):
             direction = friendly_lib.direction(g_p, new_state["ema"], o.sigma)
 
         def with_ascent():
-            weights = to_float32([trainable_values[i] for i in pi])
             rho = schedule.rho_at(o.rho, ops.maximum(t, 0))
-            eps = perturbation(plan.geometry, direction, g_p, weights, rho)
+            u = state["u"]
+            if plan.views:
+                eps, u = self._rank_one_perturbation(plan, direction, u, rho)
+            else:
+                weights = to_float32([trainable_values[i] for i in pi])
+                eps = perturbation(plan.geometry, direction, g_p, weights, rho)
             perturbed = list(trainable_values)
             for i, e in zip(pi, eps):
                 perturbed[i] = trainable_values[i] + ops.cast(
@@ -414,7 +492,7 @@ class SAMModel(keras.Model):
                     ops.where(finite, new, old)
                     for new, old in zip(projected, g_v)
                 ]
-            return g_s, sharpness, g_v
+            return g_s, sharpness, g_v, u
 
         def without_ascent():
             final = [
@@ -428,15 +506,35 @@ class SAMModel(keras.Model):
                 alpha = ops.where(active, o.alpha, 0.0)
                 reused = schedule.look_reuse(g, state["g_v"], alpha)
                 final = [ops.cast(r, f.dtype) for r, f in zip(reused, final)]
-            return final, ops.zeros((), "float32"), state["g_v"]
+            return final, ops.zeros((), "float32"), state["g_v"], state["u"]
 
-        final_g, sharpness, g_v = ops.cond(ascent, with_ascent, without_ascent)
+        final_g, sharpness, g_v, u = ops.cond(
+            ascent, with_ascent, without_ascent
+        )
         new_state["g_v"] = list(g_v)
+        new_state["u"] = list(u)
         final = list(grads)
         for i, f in zip(gi, final_g):
             if grads[i] is not None:
                 final[i] = f
         return final, new_state, sharpness, ops.cast(ascent, "float32")
+
+    def _rank_one_perturbation(self, plan: StepPlan, direction, u, rho):
+        """nuSAM's `eps_i = scale_i u_i v_i^T` per matrix, and the new `u`."""
+        o = self._options
+        matrices = [view.to_matrix(d) for view, d in zip(plan.views, direction)]
+        u, v, scales = nuclear.rank_one(
+            matrices,
+            u,
+            rho,
+            o.power_iterations,
+            normalized=o.geometry == "nuclear_norm",
+        )
+        eps = [
+            view.from_matrix(scale * ops.outer(a, b))
+            for view, a, b, scale in zip(plan.views, u, v, scales)
+        ]
+        return eps, u
 
     def perturbed_loss(
         self,

@@ -18,8 +18,7 @@ from typing import Any
 
 import keras
 
-# preset name -> (geometry, preset overrides). Methods not listed here come
-# with their own axis (nuclear geometries: a later release).
+# preset name -> (geometry, preset overrides).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "sam": ("l2", {}),
     "samon": ("l2", {"perturb": "norm"}),
@@ -31,6 +30,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "looksam": ("l2", {"reuse": "look"}),
     "looklayersam": ("layer", {"reuse": "look"}),
     "samk": ("l2", {"reuse": "every_k"}),
+    "nusam": ("nuclear", {}),
+    "nusam_norm": ("nuclear_norm", {}),
 }
 
 PERTURB_MASKS = ("all", "norm", "no_norm")
@@ -42,6 +43,7 @@ ASCENT_MODES = ("global", "per_replica")
 # Geometries that take the option; the default comes from the geometry.
 _ETA_DEFAULTS = {"adaptive": 0.01, "fisher": 1.0}
 _LINF_GEOMETRIES = ("l2", "adaptive")
+NUCLEAR_GEOMETRIES = ("nuclear", "nuclear_norm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,7 @@ class SAMOptions:
     reuse: str | None
     k: int | None
     alpha: float | None
+    power_iterations: int | None
     ascent: str
 
 
@@ -164,6 +167,7 @@ def resolve_options(
     reuse: str | None = None,
     k: int | None = None,
     alpha: float | None = None,
+    power_iterations: int | None = None,
     ascent: str | None = None,
 ) -> SAMOptions:
     """Applies the preset of `method`, then the explicit options; checks all.
@@ -257,6 +261,17 @@ def resolve_options(
         alpha = 0.7 if alpha is None else alpha
         _check_real("alpha", alpha, 0.0, 1.0)
 
+    nuclear = geometry in NUCLEAR_GEOMETRIES
+    _only_for(
+        "power_iterations",
+        power_iterations,
+        nuclear,
+        "to the nuclear geometries (methods nusam, nusam_norm)",
+    )
+    if nuclear:
+        power_iterations = 1 if power_iterations is None else power_iterations
+        _check_int("power_iterations", power_iterations, 1)
+
     ascent = "global" if ascent is None else ascent
     _check_choice("ascent", ascent, ASCENT_MODES)
 
@@ -276,5 +291,6 @@ def resolve_options(
         reuse=reuse,
         k=None if k is None else int(k),
         alpha=None if alpha is None else float(alpha),
+        power_iterations=power_iterations,
         ascent=ascent,
     )

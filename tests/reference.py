@@ -9,6 +9,7 @@ cited at each function; DESIGN §3 fixes the ambiguities.
 
 Papers (under shared/papers):
     SAM: Foret et al. 2021, eq. 2-3 (as recalled in LookSAM eq. 2-3).
+    nuSAM / nuSAM-Norm: Ahn et al. 2024, Alg. 1-2 and App. C.1 eq. 21.
     ASAM / Fisher / linf / SAM-ON: Mueller et al. 2023, eq. 5 and Table 9.
     F-SAM: Li et al. 2024, Alg. 1.
     LayerSAM, LookSAM, SAM-k: Liu et al. 2022, eq. 4 and 7, Alg. 1-3.
@@ -34,9 +35,10 @@ class FlatParams:
 
     def __init__(self, shapes: dict[str, tuple[int, ...]]):
         self.shapes = shapes
+        self.names = tuple(shapes)
         self.slices = {}
         start = 0
-        for name in NAMES:
+        for name in self.names:
             size = int(np.prod(shapes[name]))
             self.slices[name] = slice(start, start + size)
             start += size
@@ -44,11 +46,13 @@ class FlatParams:
 
     def flatten(self, arrays: dict) -> np.ndarray:
         return np.concatenate(
-            [np.asarray(arrays[n], np.float64).ravel() for n in NAMES]
+            [np.asarray(arrays[n], np.float64).ravel() for n in self.names]
         )
 
     def unflatten(self, theta: np.ndarray) -> dict:
-        return {n: theta[self.slices[n]].reshape(self.shapes[n]) for n in NAMES}
+        return {
+            n: theta[self.slices[n]].reshape(self.shapes[n]) for n in self.names
+        }
 
     def indicator(self, names) -> np.ndarray:
         """1.0 on the coordinates of `names`, 0.0 elsewhere."""
@@ -116,7 +120,7 @@ def loss_and_grad(
 class Config:
     """A point of the method space, spelled out (no presets here)."""
 
-    geometry: str = "l2"  # l2 | adaptive | fisher | layer
+    geometry: str = "l2"  # l2 | adaptive | fisher | layer | nuclear(_norm)
     norm: str = "l2"  # l2 | linf
     layerwise: bool = False  # adaptive only
     eta: float = 0.01
@@ -130,17 +134,50 @@ class Config:
     alpha: float = 0.7
     start_step: int = 0
     rho: object = 0.05  # float, or a function of the SAM step t
+    power_iterations: int = 1
+    exact_svd: bool = False  # nuclear: the exact top singular pair instead
+
+
+# The MLP's weight matrices and the axes forming their rows (fan-in).
+MLP_MATRICES = {"w1": (0,), "w2": (0,)}
 
 
 class Reference:
-    """Runs the SAM family on the reference model with plain SGD."""
+    """Runs the SAM family with plain SGD on a model given by its
+    `loss_fn(params, x, y, sample_weight) -> (loss, grads)` (default: the
+    MLP above, with an optional `l2` penalty on w1).
 
-    def __init__(self, config: Config, params: dict, lr: float, l2=0.0):
+    `matrices` maps each weight-matrix variable to the axes that form the
+    rows of its matrix view (nuclear geometries).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        params: dict,
+        lr: float,
+        l2=0.0,
+        loss_fn=None,
+        matrices=None,
+    ):
         self.c = config
-        self.flat = FlatParams({n: np.shape(params[n]) for n in NAMES})
+        names = NAMES if loss_fn is None else tuple(params)
+        self.flat = FlatParams({n: np.shape(params[n]) for n in names})
+        self.loss_fn = loss_fn or (
+            lambda p, x, y, s: loss_and_grad(p, x, y, s, l2)
+        )
+        self.matrices = MLP_MATRICES if matrices is None else matrices
+        # nuSAM's fan-in vectors: rng(0), in variable order, normalised.
+        rng = np.random.default_rng(0)
+        self.u = {}
+        for n in names:
+            if n in self.matrices and n in config.perturbed:
+                shape = np.shape(params[n])
+                rows = int(np.prod([shape[a] for a in self.matrices[n]]))
+                u = rng.standard_normal(rows)
+                self.u[n] = (u / np.linalg.norm(u)).astype(np.float32)
         self.theta = self.flat.flatten(params)
         self.lr = lr
-        self.l2 = l2
         self.step_count = 0
         self.m = np.zeros(self.flat.size)  # F-SAM EMA, m_{-1} = 0
         self.g_v = np.zeros(self.flat.size)  # LookSAM's stored g_v
@@ -152,10 +189,46 @@ class Reference:
         return self.flat.unflatten(self.theta)
 
     def grad(self, theta, x, y, sample_weight):
-        loss, g = loss_and_grad(
-            self.flat.unflatten(theta), x, y, sample_weight, self.l2
-        )
+        loss, g = self.loss_fn(self.flat.unflatten(theta), x, y, sample_weight)
         return loss, self.flat.flatten(g)
+
+    def _as_matrix(self, name, vector):
+        """The tensor `name` as (rows, cols): its row axes first."""
+        shape = self.flat.shapes[name]
+        rows = self.matrices[name]
+        order = rows + tuple(a for a in range(len(shape)) if a not in rows)
+        tensor = vector.reshape(shape).transpose(order)
+        n_rows = int(np.prod([shape[a] for a in rows]))
+        return tensor.reshape(n_rows, -1), order
+
+    def _nuclear(self, d):
+        """nuSAM Alg. 1-2 (or the exact SVD), nuSAM-Norm App. C.1."""
+        tau, c = 1e-12, self.c
+        factors = {}
+        for n in self.u:
+            A, order = self._as_matrix(n, d[self.flat.slices[n]])
+            if c.exact_svd:
+                U, S, Vt = np.linalg.svd(A)
+                u, v = U[:, 0], Vt[0]
+            else:
+                u = self.u[n].astype(np.float64)
+                for _ in range(c.power_iterations):
+                    v = A.T @ u / (np.linalg.norm(A.T @ u) + tau)
+                    u = A @ v / (np.linalg.norm(A @ v) + tau)
+            self.u[n] = u
+            factors[n] = (u, v, u @ A @ v, order)
+        total = np.sqrt(sum(f[2] ** 2 for f in factors.values()))
+        eps = np.zeros(self.flat.size)
+        for n, (u, v, sigma, order) in factors.items():
+            scale = self.rho
+            if c.geometry == "nuclear_norm":
+                scale = self.rho * sigma / (total + DELTA)
+            shape = self.flat.shapes[n]
+            permuted = np.outer(u, v).reshape([shape[a] for a in order])
+            eps[self.flat.slices[n]] = (
+                scale * permuted.transpose(np.argsort(order))
+            ).ravel()
+        return eps
 
     # -- geometries: eps on the masked coordinates, zero elsewhere ----------
 
@@ -171,6 +244,8 @@ class Reference:
         c, m = self.c, self.mask
         d = d * m
         g = g * m
+        if c.geometry in ("nuclear", "nuclear_norm"):
+            return self._nuclear(d)
         if c.geometry == "l2":  # Foret et al. eq. 2
             return self._diag_perturbation(d, m)
         if c.geometry == "adaptive":  # Kwon et al.; SAM-ON Table 9

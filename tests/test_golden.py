@@ -82,7 +82,31 @@ CASES = {
         ),
         Config(rho=lambda t: 0.2 * 0.5 ** (t / 2)),
     ),
+    "nusam": (
+        dict(method="nusam", rho=0.1),
+        Config(geometry="nuclear", rho=0.1),
+    ),
+    "nusam_power_iterations": (
+        dict(method="nusam", rho=0.1, power_iterations=3),
+        Config(geometry="nuclear", power_iterations=3, rho=0.1),
+    ),
+    "nusam_exact_svd": (
+        dict(method="nusam", rho=0.1, power_iterations=50),
+        Config(geometry="nuclear", exact_svd=True, rho=0.1),
+    ),
+    "nusam_norm": (
+        dict(method="nusam_norm", rho=0.1),
+        Config(geometry="nuclear_norm", rho=0.1),
+    ),
+    "nusam_norm_exact_svd": (
+        dict(method="nusam_norm", rho=0.1, power_iterations=50),
+        Config(geometry="nuclear_norm", exact_svd=True, rho=0.1),
+    ),
     # Compositions: points no single paper defines.
+    "look_nusam": (
+        dict(method="nusam", rho=0.1, reuse="look", k=3),
+        Config(geometry="nuclear", reuse="look", k=3, rho=0.1),
+    ),
     "look_samon": (
         dict(method="looksam", rho=0.1, perturb="norm", k=3),
         Config(reuse="look", k=3, perturbed=NORM_NAMES, rho=0.1),

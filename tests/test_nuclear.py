@@ -1,0 +1,158 @@
+"""nuSAM's weight matrices, power iteration and state, including attention."""
+
+import keras
+import numpy as np
+import pytest
+import reference_attention as attention
+from helpers import LR, compile_sgd
+from keras import ops
+from reference import Config, Reference
+
+from keras_sam import SAMModel
+from keras_sam.methods import nuclear
+from keras_sam.methods.matrices import MatrixView, weight_matrices
+
+
+def _attention_model(params):
+    inputs = keras.Input((attention.TOKENS, attention.DIM))
+    h = keras.layers.MultiHeadAttention(attention.HEADS, attention.KEY_DIM)(
+        inputs, inputs
+    )
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(attention.CLASSES)(h))
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    assert shapes == list(attention.SHAPES.values())
+    model.set_weights(
+        [np.asarray(params[n], "float32") for n in attention.SHAPES]
+    )
+    return model
+
+
+@pytest.mark.parametrize("method", ["nusam", "nusam_norm"])
+def test_attention_model_matches_reference(method):
+    """Q/K/V and output projections are each one (fan_in, fan_out) matrix."""
+    params = attention.init_params()
+    x, y = attention.make_batches()
+    x = x.astype("float32")
+    model = _attention_model(params)
+    sam = SAMModel(model, method=method, rho=0.2)
+    compile_sgd(sam)
+    ref = Reference(
+        Config(
+            geometry=method.replace("nusam", "nuclear"),
+            rho=0.2,
+            perturbed=tuple(attention.SHAPES),
+        ),
+        params,
+        LR,
+        loss_fn=attention.loss_and_grad,
+        matrices=attention.MATRICES,
+    )
+    for step in range(len(x)):
+        sam.reset_metrics()
+        logs = sam.train_on_batch(x[step], y[step], return_dict=True)
+        ref.step(x[step], y[step])
+        for v, name in zip(model.trainable_variables, attention.SHAPES):
+            np.testing.assert_allclose(
+                ops.convert_to_numpy(v.value),
+                ref.params()[name],
+                rtol=1e-4,
+                atol=1e-6,
+                err_msg=f"step {step} {name}",
+            )
+        np.testing.assert_allclose(
+            logs["sharpness"], ref.last_sharpness, rtol=1e-3, atol=1e-6
+        )
+
+
+def test_weight_matrices_of_attention_and_dense():
+    inputs = keras.Input((5, 4))
+    mha = keras.layers.MultiHeadAttention(2, 3)
+    h = mha(inputs, inputs)
+    conv = keras.layers.Conv1D(2, 3)
+    h = conv(h)
+    embedding = keras.layers.Embedding(10, 4)
+    embedding.build((None,))
+    dense = keras.layers.Dense(3)
+    model = keras.Model(inputs, dense(keras.layers.LayerNormalization()(h)))
+    views = weight_matrices(model)
+    by_path = {v.path: views.get(id(v)) for v in model.trainable_variables}
+    q = by_path[mha._query_dense.kernel.path]
+    assert (q.row_axes, q.col_axes, q.rows, q.cols) == ((0,), (1, 2), 4, 6)
+    o = by_path[mha._output_dense.kernel.path]
+    assert (o.row_axes, o.col_axes, o.rows, o.cols) == ((0, 1), (2,), 6, 4)
+    assert by_path[dense.kernel.path] == MatrixView((2, 3), (0,), (1,))
+    # Convolutions, biases and normalization parameters are not matrices.
+    assert by_path[conv.kernel.path] is None
+    assert sum(view is not None for view in by_path.values()) == 5
+
+
+def test_matrix_view_round_trip_with_non_leading_rows():
+    view = MatrixView((2, 3, 4), (1,), (0, 2))  # rows: the middle axis
+    kernel = np.arange(24, dtype="float32").reshape(2, 3, 4)
+    matrix = ops.convert_to_numpy(view.to_matrix(ops.convert_to_tensor(kernel)))
+    np.testing.assert_array_equal(
+        matrix, kernel.transpose(1, 0, 2).reshape(3, 8)
+    )
+    back = ops.convert_to_numpy(view.from_matrix(ops.convert_to_tensor(matrix)))
+    np.testing.assert_array_equal(back, kernel)
+
+
+def test_initial_vectors_are_fixed_random_unit_vectors():
+    first, second = nuclear.initial_vectors([5, 3])
+    rng = np.random.default_rng(0)
+    expected = rng.standard_normal(5)
+    np.testing.assert_allclose(first, expected / np.linalg.norm(expected), 1e-6)
+    assert abs(np.linalg.norm(second) - 1) < 1e-6
+    assert np.std(first) > 0.1  # not a constant vector
+
+
+def test_power_iteration_converges_to_the_top_singular_pair():
+    a = np.random.default_rng(3).normal(size=(6, 4)).astype("float32")
+    u0 = nuclear.initial_vectors([6])[0]
+    u, v = nuclear.top_singular_pair(
+        ops.convert_to_tensor(a), ops.convert_to_tensor(u0), 100
+    )
+    U, S, Vt = np.linalg.svd(a)
+    outer = np.outer(ops.convert_to_numpy(u), ops.convert_to_numpy(v))
+    np.testing.assert_allclose(outer, np.outer(U[:, 0], Vt[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_direction_gives_zero_scale_and_keeps_u(bad):
+    a = np.ones((3, 2), "float32")
+    a[1, 1] = bad
+    u0 = nuclear.initial_vectors([3])[0]
+    us, vs, scales = nuclear.rank_one(
+        [ops.convert_to_tensor(a)], [ops.convert_to_tensor(u0)], 0.1, 1, False
+    )
+    assert float(ops.convert_to_numpy(scales[0])) == 0.0
+    np.testing.assert_array_equal(ops.convert_to_numpy(us[0]), u0)
+    np.testing.assert_array_equal(ops.convert_to_numpy(vs[0]), 0.0)
+
+
+def test_zero_direction_gives_zero_perturbation():
+    zeros = ops.zeros((3, 2))
+    u0 = ops.convert_to_tensor(nuclear.initial_vectors([3])[0])
+    _, vs, scales = nuclear.rank_one([zeros], [u0], 0.1, 1, True)
+    eps = float(ops.convert_to_numpy(scales[0])) * np.outer(
+        ops.convert_to_numpy(u0), ops.convert_to_numpy(vs[0])
+    )
+    np.testing.assert_array_equal(eps, 0.0)
+
+
+def test_nusam_needs_a_weight_matrix():
+    model = keras.Sequential(
+        [keras.Input((4, 2)), keras.layers.Conv1D(2, 3), keras.layers.Flatten()]
+    )
+    with pytest.raises(ValueError, match="kernels of Dense and EinsumDense"):
+        SAMModel(model, method="nusam")
+
+
+def test_power_iterations_option():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    assert SAMModel(model, method="nusam").options.power_iterations == 1
+    with pytest.raises(ValueError, match="power_iterations"):
+        SAMModel(model, method="nusam", power_iterations=0)
+    with pytest.raises(ValueError, match="nuclear geometries"):
+        SAMModel(model, method="sam", power_iterations=2)
