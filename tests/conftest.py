@@ -16,3 +16,10 @@ BACKEND = keras.backend.backend()
 def _fresh_session():
     keras.backend.clear_session()
     yield
+
+
+# The example models live in examples/models (not part of the package).
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
