@@ -16,6 +16,7 @@ from keras_sam.methods import friendly as friendly_lib
 from keras_sam.methods import masks, nuclear, schedule
 from keras_sam.methods.geometry import Geometry, make_geometry, perturbation
 from keras_sam.methods.matrices import MatrixView, weight_matrices
+from keras_sam.methods.rank_one import RankOne
 from keras_sam.methods.tensors import all_finite, to_float32
 from keras_sam.options import NUCLEAR_GEOMETRIES, SAMOptions, resolve_options
 
@@ -43,12 +44,16 @@ class StepPlan:
             the nuclear geometries).
         views: the matrix view of each perturbed variable (nuclear
             geometries only, else empty).
+        keeps_gradient: whether the clean gradient is read after pass 2
+            (LookSAM's projection); if not, a backend may overwrite its
+            buffers with pass 2's gradient.
     """
 
     gradient_indices: tuple[int, ...]
     perturbed_indices: tuple[int, ...]
     geometry: Geometry | None
     views: tuple[MatrixView, ...] = ()
+    keeps_gradient: bool = True
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -296,6 +301,7 @@ class SAMModel(keras.Model):
                 perturbed_indices=tuple(perturbed),
                 geometry=None,
                 views=tuple(views[id(variables[i])] for i in perturbed),
+                keeps_gradient=self._options.reuse == "look",
             )
         return StepPlan(
             gradient_indices=tuple(gradient_indices),
@@ -424,12 +430,18 @@ class SAMModel(keras.Model):
             trainable_values: the current values of `trainable_variables`.
             state: the values of `state_variables(plan)`.
             loss: the pass-1 loss (without loss scaling).
-            second_pass: `values -> (loss, grads)` at the given trainable
-                values, with every side effect of the forward pass discarded.
+            second_pass: `(values, rank_one) -> (loss, grads, restored)`:
+                the loss and gradients with every side effect of the forward
+                pass discarded, at `values`, or, when `rank_one` (a `RankOne`)
+                is given, at `values` plus that perturbation, which the
+                backend adds in place and subtracts afterwards; `restored`
+                is then the weights after the subtraction (for functional
+                backends; in-place backends return `values`).
 
         Returns:
             `(gradients for the base optimizer, new state values, sharpness,
-            1.0 if an ascent was taken else 0.0)`.
+            1.0 if an ascent was taken else 0.0, the trainable values to
+            update: `None` unless the perturbation was rank one)`.
         """
         o = self._options
         gi, pi = plan.gradient_indices, plan.perturbed_indices
@@ -466,16 +478,17 @@ class SAMModel(keras.Model):
             rho = schedule.rho_at(o.rho, ops.maximum(t, 0))
             u = state["u"]
             if plan.views:
-                eps, u = self._rank_one_perturbation(plan, direction, u, rho)
+                rank_one, u = self._rank_one(plan, direction, u, rho)
+                values = trainable_values
             else:
+                rank_one = None
                 weights = to_float32([trainable_values[i] for i in pi])
                 eps = perturbation(plan.geometry, direction, g_p, weights, rho)
-            perturbed = list(trainable_values)
-            for i, e in zip(pi, eps):
-                perturbed[i] = trainable_values[i] + ops.cast(
-                    e, trainable_values[i].dtype
-                )
-            loss_2, grads_2 = second_pass(perturbed)
+                values = list(trainable_values)
+                for i, e in zip(pi, eps):
+                    values[i] = values[i] + ops.cast(e, values[i].dtype)
+                del eps  # eager backends: free it before pass 2
+            loss_2, grads_2, restored = second_pass(values, rank_one)
             g_s = [
                 ops.zeros_like(trainable_values[i])
                 if grads_2[i] is None
@@ -492,6 +505,8 @@ class SAMModel(keras.Model):
                     ops.where(finite, new, old)
                     for new, old in zip(projected, g_v)
                 ]
+            if plan.views:
+                return g_s, sharpness, g_v, u, restored
             return g_s, sharpness, g_v, u
 
         def without_ascent():
@@ -506,21 +521,41 @@ class SAMModel(keras.Model):
                 alpha = ops.where(active, o.alpha, 0.0)
                 reused = schedule.look_reuse(g, state["g_v"], alpha)
                 final = [ops.cast(r, f.dtype) for r, f in zip(reused, final)]
-            return final, ops.zeros((), "float32"), state["g_v"], state["u"]
+            outputs = (
+                final,
+                ops.zeros((), "float32"),
+                state["g_v"],
+                state["u"],
+            )
+            if plan.views:
+                return (*outputs, list(trainable_values))
+            return outputs
 
-        final_g, sharpness, g_v, u = ops.cond(
-            ascent, with_ascent, without_ascent
-        )
+        if o.reuse is None and o.start_step == 0:
+            # Every step is an ascent: straight-line code lets the compiler
+            # free pass-1 buffers early (a conditional keeps the operands of
+            # both branches alive).
+            outputs = with_ascent()
+        else:
+            outputs = ops.cond(ascent, with_ascent, without_ascent)
+        final_g, sharpness, g_v, u = outputs[:4]
+        trainable_after = list(outputs[4]) if plan.views else None
         new_state["g_v"] = list(g_v)
         new_state["u"] = list(u)
         final = list(grads)
         for i, f in zip(gi, final_g):
             if grads[i] is not None:
                 final[i] = f
-        return final, new_state, sharpness, ops.cast(ascent, "float32")
+        return (
+            final,
+            new_state,
+            sharpness,
+            ops.cast(ascent, "float32"),
+            trainable_after,
+        )
 
-    def _rank_one_perturbation(self, plan: StepPlan, direction, u, rho):
-        """nuSAM's `eps_i = scale_i u_i v_i^T` per matrix, and the new `u`."""
+    def _rank_one(self, plan: StepPlan, direction, u, rho):
+        """nuSAM's perturbation as factors, and the new `u` vectors."""
         o = self._options
         matrices = [view.to_matrix(d) for view, d in zip(plan.views, direction)]
         u, v, scales = nuclear.rank_one(
@@ -530,11 +565,7 @@ class SAMModel(keras.Model):
             o.power_iterations,
             normalized=o.geometry == "nuclear_norm",
         )
-        eps = [
-            view.from_matrix(scale * ops.outer(a, b))
-            for view, a, b, scale in zip(plan.views, u, v, scales)
-        ]
-        return eps, u
+        return RankOne(plan.perturbed_indices, plan.views, u, v, scales), u
 
     def perturbed_loss(
         self,
@@ -554,13 +585,17 @@ class SAMModel(keras.Model):
         update to non-trainable and metric variables.
         """
         kwargs = {"training": True} if self._call_has_training_arg else {}
-        y_pred, _, losses = self.stateless_call(
-            trainable_values,
-            non_trainable_values,
-            x,
-            return_losses=True,
-            **kwargs,
-        )
+        # `stateless_call` skips `__call__`'s name scope; without it the
+        # wrapped model would open a root TF scope, which rejects names
+        # starting with "_".
+        with keras.name_scope(self.name):
+            y_pred, _, losses = self.stateless_call(
+                trainable_values,
+                non_trainable_values,
+                x,
+                return_losses=True,
+                **kwargs,
+            )
         if losses:
             self._losses_override.clear()
             self._losses_override = losses

@@ -39,13 +39,19 @@ def train_step(model, state, data):
         with keras.StatelessScope(state_mapping=mapping):
             return model.optimizer.scale_loss(loss_2), loss_2
 
-    def second_pass(values):
+    def second_pass(values, rank_one):
+        # Functional "in place": perturb, differentiate, restore, and update
+        # the restored weights, so that XLA can reuse the weights' buffers.
+        if rank_one is not None:
+            values = rank_one.perturbed(values)
         (_, loss_2), grads_2 = jax.value_and_grad(
             scaled_perturbed_loss, has_aux=True
         )(values)
-        return loss_2, grads_2
+        if rank_one is not None:
+            values = rank_one.restored(values)
+        return loss_2, grads_2, values
 
-    final, new_state, sharpness, ascent = model.descent_gradients(
+    final, new_state, sharpness, ascent, after = model.descent_gradients(
         plan,
         grads,
         trainable,
@@ -61,6 +67,8 @@ def train_step(model, state, data):
     ):
         new_non_trainable[index[id(v)]] = value
 
+    if after is not None:
+        trainable = after
     trainable, optimizer_values = model.optimizer.stateless_apply(
         optimizer_values, final, trainable
     )

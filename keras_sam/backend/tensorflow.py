@@ -19,6 +19,23 @@ def _dense(gradient):
     return gradient
 
 
+def _add_in_sequence(variables, rank_one, sign: float, after: list) -> None:
+    """`variable += sign * eps_j` in place, one matrix after the other.
+
+    Each delta is computed only once the previous update ran, so a single
+    matrix-sized temporary exists at a time (TensorFlow would otherwise run
+    the independent updates, and hold their temporaries, all at once).
+    """
+    previous = after
+    for j, i in enumerate(rank_one.indices):
+        with tf.control_dependencies(previous):
+            previous = [
+                variables[i].value.assign_add(
+                    rank_one.delta(j, sign), read_value=False
+                )
+            ]
+
+
 def train_step(model, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     if not model.built:
@@ -49,7 +66,10 @@ def train_step(model, data):
     grads = [_dense(g) for g in tape.gradient(scaled_loss, variables)]
     metrics_values = [_read(v) for v in model.metrics_variables]
 
-    def second_pass(values):
+    def second_pass(values, rank_one):
+        if rank_one is not None:  # nuSAM: perturb the variables in place
+            _add_in_sequence(variables, rank_one, 1.0, after=[])
+            values = [_read(v) for v in variables]
         with tf.GradientTape() as tape:
             tape.watch(values)
             loss_2 = model.perturbed_loss(
@@ -61,9 +81,13 @@ def train_step(model, data):
                 sample_weight,
             )
             scaled = model.optimizer.scale_loss(loss_2)
-        return loss_2, [_dense(g) for g in tape.gradient(scaled, values)]
+        grads_2 = [_dense(g) for g in tape.gradient(scaled, values)]
+        if rank_one is not None:  # restore once pass 2 is done with them
+            done = [g for g in grads_2 if g is not None]
+            _add_in_sequence(variables, rank_one, -1.0, after=done)
+        return loss_2, grads_2, values
 
-    final, new_state, sharpness, ascent = model.descent_gradients(
+    final, new_state, sharpness, ascent, _ = model.descent_gradients(
         plan,
         grads,
         [_read(v) for v in variables],

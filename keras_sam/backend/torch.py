@@ -38,6 +38,19 @@ def _replay_rng(snapshot):
         yield
 
 
+def _add_rank_one(weight, rank_one, j: int, sign: float) -> None:
+    """`weight += sign * eps_j` in place, without a full-size temporary when
+    the kernel's rows lead (Dense kernels and attention projections)."""
+    view = rank_one.views[j]
+    scale = sign * float(rank_one.scales[j])
+    if view.rows_lead:
+        weight.view(view.rows, view.cols).addr_(
+            rank_one.u[j], rank_one.v[j], alpha=scale
+        )
+    else:
+        weight.add_(rank_one.delta(j, sign))
+
+
 def train_step(model, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     variables = model.trainable_variables
@@ -73,7 +86,12 @@ def train_step(model, data):
     grads = [v.value.grad for v in variables]
     metrics_values = [v.value for v in model.metrics_variables]
 
-    def second_pass(values):
+    def second_pass(values, rank_one):
+        if rank_one is not None:  # nuSAM: perturb the parameters in place
+            for j, i in enumerate(rank_one.indices):
+                _add_rank_one(variables[i].value, rank_one, j, 1.0)
+            if not plan.keeps_gradient:
+                return _second_pass_into_grad_buffers(rank_one)
         leaves = [value.detach().requires_grad_(True) for value in values]
         with torch.enable_grad(), _replay_rng(rng):
             loss_2 = model.perturbed_loss(
@@ -86,10 +104,42 @@ def train_step(model, data):
             )
             scaled = model.optimizer.scale_loss(loss_2)
         grads_2 = torch.autograd.grad(scaled, leaves, allow_unused=True)
-        return loss_2.detach(), list(grads_2)
+        if rank_one is not None:
+            for j, i in enumerate(rank_one.indices):
+                _add_rank_one(variables[i].value, rank_one, j, -1.0)
+        return loss_2.detach(), list(grads_2), values
+
+    def _second_pass_into_grad_buffers(rank_one):
+        """Pass 2 at the parameters (perturbed in place), its gradient
+        written into pass 1's `.grad` buffers: no second gradient in memory.
+        Variables outside the SAM gradient keep their pass-1 gradient."""
+        outside = {
+            i: v.value.grad.clone()
+            for i, v in enumerate(variables)
+            if i not in set(plan.gradient_indices) and v.value.grad is not None
+        }
+        for i in plan.gradient_indices:
+            if variables[i].value.grad is not None:
+                variables[i].value.grad.zero_()
+        with torch.enable_grad(), _replay_rng(rng):
+            loss_2 = model.perturbed_loss(
+                [v.value for v in variables],
+                non_trainable_before,
+                metrics_values,
+                x,
+                y,
+                sample_weight,
+            )
+            model.optimizer.scale_loss(loss_2).backward()
+        for i, grad in outside.items():
+            variables[i].value.grad.copy_(grad)
+        for j, i in enumerate(rank_one.indices):
+            _add_rank_one(variables[i].value, rank_one, j, -1.0)
+        values = [v.value.detach() for v in variables]
+        return loss_2.detach(), [v.value.grad for v in variables], values
 
     with torch.no_grad():
-        final, new_state, sharpness, ascent = model.descent_gradients(
+        final, new_state, sharpness, ascent, _ = model.descent_gradients(
             plan,
             grads,
             [v.value.detach() for v in variables],

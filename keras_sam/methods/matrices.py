@@ -35,18 +35,19 @@ class MatrixView:
         return math.prod(self.shape[a] for a in self.col_axes)
 
     @property
-    def _identity(self) -> bool:
+    def rows_lead(self) -> bool:
+        """Whether the rows are the leading axes: the matrix is then a view."""
         return self.row_axes + self.col_axes == tuple(range(len(self.shape)))
 
     def to_matrix(self, kernel):
-        if not self._identity:
+        if not self.rows_lead:
             kernel = ops.transpose(kernel, self.row_axes + self.col_axes)
         return ops.reshape(kernel, (self.rows, self.cols))
 
     def from_matrix(self, matrix):
         order = self.row_axes + self.col_axes
         tensor = ops.reshape(matrix, tuple(self.shape[a] for a in order))
-        if self._identity:
+        if self.rows_lead:
             return tensor
         inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
         return ops.transpose(tensor, inverse)

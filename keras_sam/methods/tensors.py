@@ -21,9 +21,16 @@ def global_dot(a: Sequence, b: Sequence):
     return sum((ops.sum(x * y) for x, y in zip(a, b)), ops.zeros((), "float32"))
 
 
+def _squared_norm(tensors: Sequence):
+    """`sum_i ||t_i||^2`, through a fused vector norm per tensor: unlike
+    `sum(t * t)`, it allocates no temporary as large as the tensor."""
+    norms = [ops.norm(ops.reshape(t, (-1,))) for t in tensors]
+    return sum((n * n for n in norms), ops.zeros((), "float32"))
+
+
 def global_norm(tensors: Sequence):
     """The l2 norm of the concatenation of `tensors`."""
-    return ops.sqrt(global_dot(tensors, tensors))
+    return ops.sqrt(_squared_norm(tensors))
 
 
 def all_finite(tensors: Sequence):
@@ -32,4 +39,4 @@ def all_finite(tensors: Sequence):
     Tested through the squared norm, one reduction per tensor; entries above
     ~1.8e19 overflow it and count as non-finite, which is the safe side.
     """
-    return ops.isfinite(global_dot(tensors, tensors))
+    return ops.isfinite(_squared_norm(tensors))
