@@ -307,3 +307,29 @@ def test_evaluate_logs_have_no_sharpness():
     assert "sharpness" in history.history
     assert "val_sharpness" not in history.history
     assert "sharpness" not in sam.evaluate(x, y, verbose=0, return_dict=True)
+
+
+@pytest.mark.parametrize("method", ["nusam", "nusam_norm"])
+def test_learning_rate_zero_nusam_restores_within_rounding(method):
+    """nuSAM perturbs the kernels in place and subtracts the perturbation
+    afterwards (Alg. 1): equal to within float32 rounding of |w| + |eps|,
+    and the variables it does not perturb stay bit-identical."""
+    plain, sam, inner = _twins(method, rho=0.05)
+    sam.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    before = [w.copy() for w in inner.get_weights()]
+    x, y = _data()
+    for _ in range(3):
+        sam.train_on_batch(x, y)
+    trainable = {id(v) for v in inner.trainable_weights}
+    for v, b in zip(inner.weights, before):
+        if id(v) not in trainable:  # BatchNorm statistics advance
+            continue
+        after = ops.convert_to_numpy(v.value)
+        if v.name == "kernel":
+            ulp = np.spacing(np.abs(b) + 0.05, dtype=np.float32)
+            assert np.all(np.abs(after - b) <= 3 * ulp)
+        else:
+            np.testing.assert_array_equal(after, b)
