@@ -128,14 +128,13 @@ def main() -> None:
     for backend in args.backends.split(","):
         r = {m: run(backend, m, args) for m in METHODS}
         param_bytes = 4 * r["base"]["params"]
-
-        def extra(m):
-            return (r[m]["peak"] - r["base"]["peak"]) / param_bytes
-
+        extra = {
+            m: (r[m]["peak"] - r["base"]["peak"]) / param_bytes for m in METHODS
+        }
         print(
             f"{backend:<12}{r['base']['params'] / 1e6:>7.1f}M"
             f"{r['base']['peak'] / 2**20:>9.0f}MB"
-            f"{extra('sam'):>10.0%} {extra('nusam'):>12.0%}"
+            f"{extra['sam']:>10.0%} {extra['nusam']:>12.0%}"
             f"{r['nusam']['step_seconds'] / r['sam']['step_seconds']:>16.2f}"
         )
 

@@ -21,6 +21,15 @@ from keras_sam.methods.tensors import all_finite, to_float32
 from keras_sam.options import NUCLEAR_GEOMETRIES, SAMOptions, resolve_options
 
 
+def _or_zeros(tensors: list, like: list, indices) -> list:
+    """`tensors[i]`, or zeros shaped like `like[i]` where it is `None` (a
+    variable without gradient), for each of `indices`."""
+    return [
+        ops.zeros_like(like[i]) if tensors[i] is None else tensors[i]
+        for i in indices
+    ]
+
+
 def _constant(value):
     """An initializer returning `value` (a NumPy array of the right shape)."""
 
@@ -446,14 +455,7 @@ class SAMModel(keras.Model):
         o = self._options
         gi, pi = plan.gradient_indices, plan.perturbed_indices
         position = {i: j for j, i in enumerate(gi)}
-        g = to_float32(
-            [
-                ops.zeros_like(trainable_values[i])
-                if grads[i] is None
-                else grads[i]
-                for i in gi
-            ]
-        )
+        g = to_float32(_or_zeros(grads, trainable_values, gi))
         g_p = [g[position[i]] for i in pi]
         t = state["iterations"] - o.start_step
         active = ops.greater_equal(t, 0)
@@ -489,12 +491,7 @@ class SAMModel(keras.Model):
                     values[i] = values[i] + ops.cast(e, values[i].dtype)
                 del eps  # eager backends: free it before pass 2
             loss_2, grads_2, restored = second_pass(values, rank_one)
-            g_s = [
-                ops.zeros_like(trainable_values[i])
-                if grads_2[i] is None
-                else grads_2[i]
-                for i in gi
-            ]
+            g_s = _or_zeros(grads_2, trainable_values, gi)
             sharpness = ops.cast(loss_2, "float32") - ops.cast(loss, "float32")
             g_v = state["g_v"]
             if o.reuse == "look":
@@ -510,12 +507,7 @@ class SAMModel(keras.Model):
             return g_s, sharpness, g_v, u
 
         def without_ascent():
-            final = [
-                grads[i]
-                if grads[i] is not None
-                else ops.zeros_like(trainable_values[i])
-                for i in gi
-            ]
+            final = _or_zeros(grads, trainable_values, gi)
             if o.reuse == "look":
                 # alpha = 0 before start_step: g + 0 * g_v == g exactly.
                 alpha = ops.where(active, o.alpha, 0.0)
