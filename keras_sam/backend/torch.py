@@ -86,6 +86,19 @@ def train_step(model, data):
     grads = [v.value.grad for v in variables]
     metrics_values = [v.value for v in model.metrics_variables]
 
+    def perturbed_loss(values):
+        """Pass 2's loss at `values`, and the same loss scaled."""
+        with torch.enable_grad(), _replay_rng(rng):
+            loss_2 = model.perturbed_loss(
+                values,
+                non_trainable_before,
+                metrics_values,
+                x,
+                y,
+                sample_weight,
+            )
+            return loss_2, model.optimizer.scale_loss(loss_2)
+
     def second_pass(values, rank_one):
         if rank_one is not None:  # nuSAM: perturb the parameters in place
             for j, i in enumerate(rank_one.indices):
@@ -93,16 +106,7 @@ def train_step(model, data):
             if not plan.keeps_gradient:
                 return _second_pass_into_grad_buffers(rank_one)
         leaves = [value.detach().requires_grad_(True) for value in values]
-        with torch.enable_grad(), _replay_rng(rng):
-            loss_2 = model.perturbed_loss(
-                leaves,
-                non_trainable_before,
-                metrics_values,
-                x,
-                y,
-                sample_weight,
-            )
-            scaled = model.optimizer.scale_loss(loss_2)
+        loss_2, scaled = perturbed_loss(leaves)
         grads_2 = torch.autograd.grad(scaled, leaves, allow_unused=True)
         if rank_one is not None:
             for j, i in enumerate(rank_one.indices):
@@ -121,16 +125,8 @@ def train_step(model, data):
         for i in plan.gradient_indices:
             if variables[i].value.grad is not None:
                 variables[i].value.grad.zero_()
-        with torch.enable_grad(), _replay_rng(rng):
-            loss_2 = model.perturbed_loss(
-                [v.value for v in variables],
-                non_trainable_before,
-                metrics_values,
-                x,
-                y,
-                sample_weight,
-            )
-            model.optimizer.scale_loss(loss_2).backward()
+        loss_2, scaled = perturbed_loss([v.value for v in variables])
+        scaled.backward()
         for i, grad in outside.items():
             variables[i].value.grad.copy_(grad)
         for j, i in enumerate(rank_one.indices):
