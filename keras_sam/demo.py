@@ -18,7 +18,15 @@ import numpy as np
 
 from keras_sam import PRESETS, SAMModel
 
-DEFAULT_METHODS = ("sam", "samon", "asam", "fsam", "looksam", "looklayersam")
+DEFAULT_METHODS = (
+    "sam",
+    "samon",
+    "asam",
+    "fsam",
+    "looksam",
+    "nusam",
+    "looklayersam",
+)
 
 
 def load_digits(seed: int = 0):

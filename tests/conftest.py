@@ -14,7 +14,9 @@ BACKEND = keras.backend.backend()
 
 @pytest.fixture(autouse=True)
 def _fresh_session():
-    keras.backend.clear_session()
+    # Fresh layer names and global state per test; the full garbage
+    # collection of `free_memory=True` costs ~0.8 s per test on TensorFlow.
+    keras.backend.clear_session(free_memory=False)
     yield
 
 
