@@ -33,7 +33,9 @@ def _status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(method: str, width: int, depth: int, batch: int, steps: int):
+def worker(
+    method: str, width: int, depth: int, batch: int, steps: int, jit: str
+):
     """Runs in a child process; prints one JSON line."""
     import keras
     import numpy as np
@@ -50,6 +52,7 @@ def worker(method: str, width: int, depth: int, batch: int, steps: int):
     trainer.compile(
         optimizer=keras.optimizers.SGD(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile={"auto": "auto", "true": True, "false": False}[jit],
     )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, width)).astype("float32")
@@ -98,6 +101,8 @@ def run(backend: str, method: str, args) -> dict:
         str(args.batch),
         "--steps",
         str(args.steps),
+        "--jit-compile",
+        args.jit_compile,
     ]
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     if out.returncode:
@@ -112,13 +117,27 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--jit-compile",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="compile(jit_compile=...); 'auto' is Keras' default",
+    )
     parser.add_argument("--worker", choices=METHODS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.width, args.depth, args.batch, args.steps)
+        worker(
+            args.worker,
+            args.width,
+            args.depth,
+            args.batch,
+            args.steps,
+            args.jit_compile,
+        )
         return
     print(
-        f"MLP {args.depth} x Dense({args.width}), batch {args.batch}, SGD; "
+        f"MLP {args.depth} x Dense({args.width}), batch {args.batch}, SGD, "
+        f"jit_compile={args.jit_compile}; "
         "peak RSS over the steady-state steps, one process per cell"
     )
     print(
