@@ -61,8 +61,8 @@ class StepPlan:
     gradient_indices: tuple[int, ...]
     perturbed_indices: tuple[int, ...]
     geometry: Geometry | None
-    views: tuple[MatrixView, ...] = ()
-    keeps_gradient: bool = True
+    views: tuple[MatrixView, ...]
+    keeps_gradient: bool
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -294,9 +294,10 @@ class SAMModel(keras.Model):
                 f"{len(gradient_indices)} trainable float variables of model "
                 f"{self._inner.name!r}; nothing would be perturbed."
             )
+        geometry, views = None, ()
         if self._options.geometry in NUCLEAR_GEOMETRIES:
-            views = weight_matrices(self._inner)
-            perturbed = [i for i in perturbed if id(variables[i]) in views]
+            matrices = weight_matrices(self._inner)
+            perturbed = [i for i in perturbed if id(variables[i]) in matrices]
             if not perturbed:
                 raise ValueError(
                     f"method {self._options.method!r} perturbs the kernels of "
@@ -305,19 +306,17 @@ class SAMModel(keras.Model):
                     f"{self._options.perturb!r} in model "
                     f"{self._inner.name!r}."
                 )
-            return StepPlan(
-                gradient_indices=tuple(gradient_indices),
-                perturbed_indices=tuple(perturbed),
-                geometry=None,
-                views=tuple(views[id(variables[i])] for i in perturbed),
-                keeps_gradient=self._options.reuse == "look",
+            views = tuple(matrices[id(variables[i])] for i in perturbed)
+        else:
+            geometry = make_geometry(
+                self._options, [variables[i] for i in perturbed]
             )
         return StepPlan(
             gradient_indices=tuple(gradient_indices),
             perturbed_indices=tuple(perturbed),
-            geometry=make_geometry(
-                self._options, [variables[i] for i in perturbed]
-            ),
+            geometry=geometry,
+            views=views,
+            keeps_gradient=self._options.reuse == "look",
         )
 
     def _create_state(self) -> None:

@@ -1,5 +1,7 @@
-"""The SAM train step on PyTorch: `backward()` for pass 1, `autograd.grad`
-for pass 2."""
+"""The SAM train step on PyTorch: `backward()` for pass 1; for pass 2,
+`autograd.grad`, or `backward()` into pass 1's gradient buffers when nuSAM
+perturbs the parameters in place and nothing reads the clean gradient
+afterwards."""
 
 from __future__ import annotations
 
@@ -38,17 +40,20 @@ def _replay_rng(snapshot):
         yield
 
 
-def _add_rank_one(weight, rank_one, j: int, sign: float) -> None:
-    """`weight += sign * eps_j` in place, without a full-size temporary when
-    the kernel's rows lead (Dense kernels and attention projections)."""
-    view = rank_one.views[j]
-    scale = sign * float(rank_one.scales[j])
-    if view.rows_lead:
-        weight.view(view.rows, view.cols).addr_(
-            rank_one.u[j], rank_one.v[j], alpha=scale
-        )
-    else:
-        weight.add_(rank_one.delta(j, sign))
+def _add_rank_one(variables, rank_one, sign: float) -> None:
+    """`variable += sign * eps_j` in place for every perturbed matrix, without
+    a full-size temporary when the kernel's rows lead (Dense kernels and
+    attention projections)."""
+    for j, i in enumerate(rank_one.indices):
+        weight, view = variables[i].value, rank_one.views[j]
+        if view.rows_lead:
+            weight.view(view.rows, view.cols).addr_(
+                rank_one.u[j],
+                rank_one.v[j],
+                alpha=sign * float(rank_one.scales[j]),
+            )
+        else:
+            weight.add_(rank_one.delta(j, sign))
 
 
 def train_step(model, data):
@@ -101,26 +106,25 @@ def train_step(model, data):
 
     def second_pass(values, rank_one):
         if rank_one is not None:  # nuSAM: perturb the parameters in place
-            for j, i in enumerate(rank_one.indices):
-                _add_rank_one(variables[i].value, rank_one, j, 1.0)
+            _add_rank_one(variables, rank_one, 1.0)
             if not plan.keeps_gradient:
                 return _second_pass_into_grad_buffers(rank_one)
         leaves = [value.detach().requires_grad_(True) for value in values]
         loss_2, scaled = perturbed_loss(leaves)
         grads_2 = torch.autograd.grad(scaled, leaves, allow_unused=True)
         if rank_one is not None:
-            for j, i in enumerate(rank_one.indices):
-                _add_rank_one(variables[i].value, rank_one, j, -1.0)
+            _add_rank_one(variables, rank_one, -1.0)
         return loss_2.detach(), list(grads_2), values
 
     def _second_pass_into_grad_buffers(rank_one):
         """Pass 2 at the parameters (perturbed in place), its gradient
         written into pass 1's `.grad` buffers: no second gradient in memory.
         Variables outside the SAM gradient keep their pass-1 gradient."""
+        inside = set(plan.gradient_indices)
         outside = {
             i: v.value.grad.clone()
             for i, v in enumerate(variables)
-            if i not in set(plan.gradient_indices) and v.value.grad is not None
+            if i not in inside and v.value.grad is not None
         }
         for i in plan.gradient_indices:
             if variables[i].value.grad is not None:
@@ -129,8 +133,7 @@ def train_step(model, data):
         scaled.backward()
         for i, grad in outside.items():
             variables[i].value.grad.copy_(grad)
-        for j, i in enumerate(rank_one.indices):
-            _add_rank_one(variables[i].value, rank_one, j, -1.0)
+        _add_rank_one(variables, rank_one, -1.0)
         values = [v.value.detach() for v in variables]
         return loss_2.detach(), [v.value.grad for v in variables], values
 
