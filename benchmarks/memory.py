@@ -4,7 +4,9 @@ Each (backend, method) runs in its own process: build a wide MLP (>= 50M
 parameters), compile with plain SGD (no optimizer state, so the SAM state and
 transients stand out), take one warm-up step (tracing, compilation, first
 allocations), reset the kernel's peak-RSS mark (`/proc/self/clear_refs`),
-run a few steps and read the peak (`VmHWM`). The table reports each method's
+run a few steps and read the peak (`VmHWM`). Each cell is the median of
+`--repeats` processes (TensorFlow's executor runs ready ops in a varying
+order, so its peak varies from run to run). The table reports each method's
 extra peak over the base optimizer as a fraction of the parameter bytes, and
 the step-time ratio nuSAM / SAM. Linux only.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -78,6 +81,15 @@ def worker(
 
 
 def run(backend: str, method: str, args) -> dict:
+    """The median peak and step time of `args.repeats` processes."""
+    runs = [run_once(backend, method, args) for _ in range(args.repeats)]
+    return {
+        key: statistics.median(r[key] for r in runs)
+        for key in ("params", "peak", "step_seconds")
+    }
+
+
+def run_once(backend: str, method: str, args) -> dict:
     # A fixed mmap threshold: every large block is its own mapping, returned
     # to the system when freed, so the peak RSS is the peak of live memory
     # rather than of glibc's heap (whose threshold otherwise grows after
@@ -117,6 +129,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--jit-compile",
         choices=("auto", "true", "false"),

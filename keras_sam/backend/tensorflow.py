@@ -19,21 +19,38 @@ def _dense(gradient):
     return gradient
 
 
-def _add_in_sequence(variables, rank_one, sign: float, after: list) -> None:
-    """`variable += sign * eps_j` in place, one matrix after the other.
+def _add_in_sequence(variables, rank_one, sign: float, after, order) -> None:
+    """`variable += sign * eps_j` in place, one matrix after the other, in
+    `order`, each once the ops `after(i)` ran.
 
     Each delta is computed only once the previous update ran, so a single
     matrix-sized temporary exists at a time (TensorFlow would otherwise run
     the independent updates, and hold their temporaries, all at once).
     """
-    previous = after
-    for j, i in enumerate(rank_one.indices):
-        with tf.control_dependencies(previous):
+    previous = []
+    for j in order:
+        i = rank_one.indices[j]
+        with tf.control_dependencies(previous + after(i)):
             previous = [
                 variables[i].value.assign_add(
                     rank_one.delta(j, sign), read_value=False
                 )
             ]
+
+
+def _restore_after(values):
+    """What restoring variable `i` after pass 2 waits for: the ops that read
+    its pass-2 value.
+
+    In a graph that lets each variable be restored, and its pass-2 gradient
+    go to the optimizer and be freed, while the backward pass goes on, as a
+    plain step streams its updates; an update while a read of the value is
+    still pending would also make TensorFlow copy the whole buffer first
+    (copy-on-write). Eagerly, the whole pass 2 is done by then.
+    """
+    if tf.executing_eagerly():
+        return lambda i: []
+    return lambda i: values[i].consumers()
 
 
 def train_step(model, data):
@@ -68,7 +85,13 @@ def train_step(model, data):
 
     def second_pass(values, rank_one):
         if rank_one is not None:  # nuSAM: perturb the variables in place
-            _add_in_sequence(variables, rank_one, 1.0, after=[])
+            _add_in_sequence(
+                variables,
+                rank_one,
+                1.0,
+                after=lambda i: [],
+                order=range(len(rank_one.indices)),
+            )
             values = [_read(v) for v in variables]
         with tf.GradientTape() as tape:
             tape.watch(values)
@@ -83,8 +106,14 @@ def train_step(model, data):
             scaled = model.optimizer.scale_loss(loss_2)
         grads_2 = [_dense(g) for g in tape.gradient(scaled, values)]
         if rank_one is not None:  # restore once pass 2 is done with them
-            done = [g for g in grads_2 if g is not None]
-            _add_in_sequence(variables, rank_one, -1.0, after=done)
+            # Last layers first: the backward pass finishes with them first.
+            _add_in_sequence(
+                variables,
+                rank_one,
+                -1.0,
+                after=_restore_after(values),
+                order=reversed(range(len(rank_one.indices))),
+            )
         return loss_2, grads_2, values
 
     final, new_state, sharpness, ascent, _ = model.descent_gradients(
