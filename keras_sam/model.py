@@ -19,6 +19,7 @@ from keras_sam.methods.matrices import MatrixView, weight_matrices
 from keras_sam.methods.rank_one import RankOne
 from keras_sam.methods.tensors import all_finite, to_float32
 from keras_sam.options import NUCLEAR_GEOMETRIES, SAMOptions, resolve_options
+from keras_sam.serialization import deserialize_option, serialize_option
 
 
 def _or_zeros(tensors: list, like: list, indices) -> list:
@@ -28,6 +29,14 @@ def _or_zeros(tensors: list, like: list, indices) -> list:
         ops.zeros_like(like[i]) if tensors[i] is None else tensors[i]
         for i in indices
     ]
+
+
+def _unscaled(tensors: list, loss_scale) -> list:
+    """The gradients in float32 and, under loss scaling, unscaled."""
+    tensors = to_float32(tensors)
+    if loss_scale is None:
+        return tensors
+    return [t / loss_scale for t in tensors]
 
 
 def _constant(value):
@@ -197,24 +206,29 @@ class SAMModel(keras.Model):
                 f"keras.layers.Layer); received model={model!r} of type "
                 f"{type(model).__name__}."
             )
-        options = resolve_options(
-            method,
-            rho,
-            perturb=perturb,
-            start_step=start_step,
-            adaptive=adaptive,
-            norm=norm,
-            eta=eta,
-            normalize_bias=normalize_bias,
-            friendly=friendly,
-            ema_decay=ema_decay,
-            sigma=sigma,
-            reuse=reuse,
-            k=k,
-            alpha=alpha,
-            power_iterations=power_iterations,
-            ascent=ascent,
+        # The arguments as given (the preset fills in the rest): the config.
+        arguments = {"method": method, "rho": rho}
+        arguments.update(
+            (name, value)
+            for name, value in dict(
+                perturb=perturb,
+                start_step=start_step,
+                adaptive=adaptive,
+                norm=norm,
+                eta=eta,
+                normalize_bias=normalize_bias,
+                friendly=friendly,
+                ema_decay=ema_decay,
+                sigma=sigma,
+                reuse=reuse,
+                k=k,
+                alpha=alpha,
+                power_iterations=power_iterations,
+                ascent=ascent,
+            ).items()
+            if value is not None
         )
+        options = resolve_options(**arguments)
         if options.perturb == "norm" and not masks.normalization_layers(model):
             raise ValueError(
                 "`perturb='norm'` (SAM-ON) perturbs only the variables of "
@@ -227,6 +241,7 @@ class SAMModel(keras.Model):
         super().__init__(**kwargs)
         self._inner = model
         self._options = options
+        self._arguments = arguments
         self._sharpness_tracker = keras.metrics.Mean(name="sharpness")
         self._log_sharpness = False
         self._iterations = self.add_weight(
@@ -257,6 +272,34 @@ class SAMModel(keras.Model):
     def call(self, inputs, training=None):
         return self._inner(inputs, training=training)
 
+    def get_config(self) -> dict:
+        """The wrapped model's config and every option given, for saving.
+
+        Raises:
+            ValueError: `rho` or `perturb` is a callable that Keras cannot
+                rebuild (see `SAMModel` saving in the docs).
+        """
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "model": keras.saving.serialize_keras_object(self._inner),
+        }
+        for name, value in self._arguments.items():
+            config[name] = serialize_option(name, value)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> SAMModel:
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(
+            config.pop("model"), custom_objects=custom_objects
+        )
+        for name in ("rho", "perturb"):
+            if name in config:
+                config[name] = deserialize_option(config[name])
+        return cls(model, **config)
+
     def build(self, input_shape=None):
         if not self._inner.built:
             # Build the wrapped model as Keras builds a layer on first call.
@@ -271,6 +314,13 @@ class SAMModel(keras.Model):
             # Variables made trainable since the build (fine-tuning after
             # unfreezing, which Keras also requires a compile for) get state.
             self._create_state()
+
+    def compile_from_config(self, config: dict) -> None:
+        # Keras skips this for models that override `compile()`; ours only
+        # adds state, so compile as `Trainer.compile_from_config` does.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     # ---- State ------------------------------------------------------------
 
@@ -428,6 +478,7 @@ class SAMModel(keras.Model):
         state: dict,
         loss,
         second_pass: Callable[[list], tuple[Any, list]],
+        loss_scale=None,
     ) -> tuple[list, dict, Any, Any]:
         """The backend-neutral SAM step (DESIGN §3-§4), on values.
 
@@ -445,6 +496,10 @@ class SAMModel(keras.Model):
                 backend adds in place and subtracts afterwards; `restored`
                 is then the weights after the subtraction (for functional
                 backends; in-place backends return `values`).
+            loss_scale: the `LossScaleOptimizer`'s current scale, by which
+                `grads` and pass 2's gradients are multiplied, or `None`.
+                The method's math and its state are in unscaled units; the
+                gradients returned are scaled, for the optimizer to unscale.
 
         Returns:
             `(gradients for the base optimizer, new state values, sharpness,
@@ -454,8 +509,9 @@ class SAMModel(keras.Model):
         o = self._options
         gi, pi = plan.gradient_indices, plan.perturbed_indices
         position = {i: j for j, i in enumerate(gi)}
-        g = to_float32(_or_zeros(grads, trainable_values, gi))
+        g = _unscaled(_or_zeros(grads, trainable_values, gi), loss_scale)
         g_p = [g[position[i]] for i in pi]
+        g_finite = all_finite(g)
         t = state["iterations"] - o.start_step
         active = ops.greater_equal(t, 0)
         ascent = schedule.takes_ascent(t, o.reuse, o.k)
@@ -469,9 +525,9 @@ class SAMModel(keras.Model):
         direction = g_p
         if o.friendly:
             ema = friendly_lib.ema_update(state["ema"], g_p, o.ema_decay)
-            keep = ops.logical_and(active, all_finite(g_p))
             new_state["ema"] = [
-                ops.where(keep, new, old) for new, old in zip(ema, state["ema"])
+                ops.where(active, new, old)
+                for new, old in zip(ema, state["ema"])
             ]
             direction = friendly_lib.direction(g_p, new_state["ema"], o.sigma)
 
@@ -492,18 +548,14 @@ class SAMModel(keras.Model):
             loss_2, grads_2, restored = second_pass(values, rank_one)
             g_s = _or_zeros(grads_2, trainable_values, gi)
             sharpness = ops.cast(loss_2, "float32") - ops.cast(loss, "float32")
+            finite = all_finite(g_s)
             g_v = state["g_v"]
             if o.reuse == "look":
-                g_s32 = to_float32(g_s)
-                projected = schedule.look_projection(g, g_s32)
-                finite = all_finite(g_s32)
-                g_v = [
-                    ops.where(finite, new, old)
-                    for new, old in zip(projected, g_v)
-                ]
+                g_v = schedule.look_projection(g, _unscaled(g_s, loss_scale))
+            outputs = (g_s, sharpness, g_v, u, finite)
             if plan.views:
-                return g_s, sharpness, g_v, u, restored
-            return g_s, sharpness, g_v, u
+                return (*outputs, restored)
+            return outputs
 
         def without_ascent():
             final = _or_zeros(grads, trainable_values, gi)
@@ -511,12 +563,15 @@ class SAMModel(keras.Model):
                 # alpha = 0 before start_step: g + 0 * g_v == g exactly.
                 alpha = ops.where(active, o.alpha, 0.0)
                 reused = schedule.look_reuse(g, state["g_v"], alpha)
+                if loss_scale is not None:
+                    reused = [r * loss_scale for r in reused]
                 final = [ops.cast(r, f.dtype) for r, f in zip(reused, final)]
             outputs = (
                 final,
                 ops.zeros((), "float32"),
                 state["g_v"],
                 state["u"],
+                g_finite,
             )
             if plan.views:
                 return (*outputs, list(trainable_values))
@@ -529,10 +584,17 @@ class SAMModel(keras.Model):
             outputs = with_ascent()
         else:
             outputs = ops.cond(ascent, with_ascent, without_ascent)
-        final_g, sharpness, g_v, u = outputs[:4]
-        trainable_after = list(outputs[4]) if plan.views else None
+        final_g, sharpness, g_v, u, update_finite = outputs[:5]
+        trainable_after = list(outputs[5]) if plan.views else None
         new_state["g_v"] = list(g_v)
         new_state["u"] = list(u)
+        # A non-finite gradient (an overflow under loss scaling) never
+        # reaches the state: such a step leaves all of it, the counter
+        # included, as it was.
+        commit = ops.logical_and(g_finite, update_finite)
+        new_state = keras.tree.map_structure(
+            lambda new, old: ops.where(commit, new, old), new_state, state
+        )
         final = list(grads)
         for i, f in zip(gi, final_g):
             if grads[i] is not None:
@@ -544,6 +606,13 @@ class SAMModel(keras.Model):
             ops.cast(ascent, "float32"),
             trainable_after,
         )
+
+    def loss_scale(self):
+        """The current scale of a `LossScaleOptimizer` (float32), or `None`
+        for any other optimizer."""
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return ops.cast(self.optimizer.dynamic_scale, "float32")
+        return None
 
     def _rank_one(self, plan: StepPlan, direction, u, rho):
         """nuSAM's perturbation as factors, and the new `u` vectors."""

@@ -31,12 +31,13 @@ def train_step(model, state, data):
     )
     loss, y_pred, new_non_trainable, metrics_values = aux
 
+    optimizer_mapping = list(zip(model.optimizer.variables, optimizer_values))
+
     def scaled_perturbed_loss(values):
         loss_2 = model.perturbed_loss(
             values, non_trainable, metrics_values, x, y, sample_weight
         )
-        mapping = list(zip(model.optimizer.variables, optimizer_values))
-        with keras.StatelessScope(state_mapping=mapping):
+        with keras.StatelessScope(state_mapping=optimizer_mapping):
             return model.optimizer.scale_loss(loss_2), loss_2
 
     def second_pass(values, rank_one):
@@ -51,6 +52,8 @@ def train_step(model, state, data):
             values = rank_one.restored(values)
         return loss_2, grads_2, values
 
+    with keras.StatelessScope(state_mapping=optimizer_mapping):
+        loss_scale = model.loss_scale()
     final, new_state, sharpness, ascent, after = model.descent_gradients(
         plan,
         grads,
@@ -60,6 +63,7 @@ def train_step(model, state, data):
         ),
         loss,
         second_pass,
+        loss_scale,
     )
     new_non_trainable = list(new_non_trainable)
     for v, value in zip(

@@ -60,6 +60,10 @@ def train_step(model, data):
         # trace; the SAM state must exist before the step reads it.
         model.build(tf.nest.map_structure(lambda t: tuple(t.shape), x))
     variables = model.trainable_variables
+    if not model.optimizer.built:
+        # Built in the first trace too, before pass 1, so that a
+        # LossScaleOptimizer's scale is its variable, not a traced constant.
+        model.optimizer.build(variables)
     plan = model._plan()
     state_variables = model.state_variables(plan)
     non_trainable_before = [_read(v) for v in model.non_trainable_variables]
@@ -123,6 +127,7 @@ def train_step(model, data):
         tf.nest.map_structure(_read, state_variables),
         loss,
         second_pass,
+        model.loss_scale(),
     )
     model.optimizer.apply(final, variables)
     tf.nest.map_structure(

@@ -145,6 +145,7 @@ def train_step(model, data):
             keras.tree.map_structure(lambda v: v.value, state_variables),
             loss.detach(),
             second_pass,
+            model.loss_scale(),
         )
         model.optimizer.apply(final, variables)
         keras.tree.map_structure(

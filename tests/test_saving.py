@@ -1,0 +1,229 @@
+"""Saving and resuming: `get_config`/`from_config`, `.keras` files with the
+SAM state, a resumed run equal to an uninterrupted one across processes."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND
+
+from keras_sam import PRESETS, SAMModel
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+@keras.saving.register_keras_serializable(package="keras_sam_tests")
+def halving_rho(t):
+    """A registered `rho` callable."""
+    return 0.1 * 0.5 ** (t / 10.0)
+
+
+@keras.saving.register_keras_serializable(package="keras_sam_tests")
+def kernels_only(variable):
+    """A registered `perturb` callable."""
+    return "kernel" in variable.path
+
+
+def _model(seed=0):
+    """Dense -> BatchNorm -> relu -> Dense -> LayerNorm -> Dense (deterministic:
+    no dropout)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(8)(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Activation("relu")(h)
+    h = keras.layers.Dense(8)(h)
+    h = keras.layers.LayerNormalization()(h)
+    return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+
+def _data(n=48, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6)).astype("float32"), np.arange(n) % 3
+
+
+def _compile(model):
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def _values(variables):
+    return [keras.ops.convert_to_numpy(v) for v in variables]
+
+
+CONFIGS = [{"method": m} for m in PRESETS] + [
+    {"method": "sam", "rho": 0.2, "norm": "linf", "start_step": 3},
+    {"method": "asam", "adaptive": "layerwise", "eta": 0.1},
+    {"method": "asam", "normalize_bias": True},
+    {"method": "fsam", "ema_decay": 0.5, "sigma": 0.3},
+    {"method": "looksam", "k": 3, "alpha": 0.2},
+    {"method": "nusam", "power_iterations": 3, "reuse": "look"},
+    {"method": "sam", "perturb": "no_norm", "ascent": "per_replica"},
+    {"method": "sam", "rho": keras.optimizers.schedules.CosineDecay(0.1, 9)},
+    {"method": "fisher", "rho": halving_rho, "perturb": kernels_only},
+]
+
+
+def _config_id(config):
+    return "-".join(
+        f"{k}={getattr(v, '__name__', type(v).__name__)}"
+        if callable(v)
+        else f"{k}={v}"
+        for k, v in config.items()
+    )
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
+def test_config_round_trip_keeps_every_option(config):
+    model = SAMModel(_model(), **config)
+    restored = SAMModel.from_config(json.loads(json.dumps(model.get_config())))
+    for name, value in vars(model.options).items():
+        other = getattr(restored.options, name)
+        if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+            assert type(other) is type(value)
+            assert other.get_config() == value.get_config()
+        else:
+            assert other == value, name
+
+
+@pytest.mark.parametrize("option", ["rho", "perturb"])
+def test_unsaveable_callables_raise_at_save(option, tmp_path):
+    value = (lambda t: 0.1) if option == "rho" else (lambda v: True)
+    model = SAMModel(_model(), **{option: value})
+    _compile(model)
+    with pytest.raises(ValueError, match=f"`{option}` is .*register_keras"):
+        model.save(tmp_path / "m.keras")
+
+
+@pytest.mark.parametrize(
+    "method", ["looksam", "fsam", "nusam", "samk", "looklayersam"]
+)
+def test_save_and_load_keep_weights_state_and_optimizer(method, tmp_path):
+    x, y = _data()
+    k = {"k": 2} if method in ("looksam", "samk", "looklayersam") else {}
+    model = SAMModel(_model(), method=method, **k)
+    _compile(model)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    counter = model.state_variables()["iterations"]
+    assert int(keras.ops.convert_to_numpy(counter)) == 6
+    model.save(tmp_path / "m.keras")
+
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded, SAMModel)
+    assert loaded.options == model.options
+    for a, b in zip(_values(model.variables), _values(loaded.variables)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(
+        _values(model.optimizer.variables), _values(loaded.optimizer.variables)
+    ):
+        np.testing.assert_array_equal(a, b)
+    # And they go on identically.
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(_values(model.variables), _values(loaded.variables)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_holds_no_copy_of_the_weights(tmp_path):
+    """The file holds the model's variables, the SAM state (here LookSAM's
+    g_v, one value per parameter, and the counter) and the optimizer's
+    (metrics are not saved, as in Keras): nothing transient."""
+    x, y = _data()
+    inner = _model()
+    model = SAMModel(inner, method="looksam")
+    _compile(model)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as archive:
+        archive.extract("model.weights.h5", tmp_path)
+    sizes = []
+    with h5py.File(tmp_path / "model.weights.h5") as f:
+        f.visititems(
+            lambda _, item: (
+                sizes.append(item.size)
+                if isinstance(item, h5py.Dataset)
+                else None
+            )
+        )
+
+    def size(variables):
+        return sum(int(np.prod(v.shape)) for v in variables)
+
+    trainable = size(inner.trainable_variables)
+    assert model.perturbation_state_size() == trainable  # g_v
+    expected = (
+        size(inner.variables)  # weights and BatchNorm statistics
+        + trainable  # g_v
+        + 1  # the SAM step counter
+        + size(model.optimizer.variables)  # momentum and counters
+    )
+    assert sum(sizes) == expected
+
+
+def test_inner_model_saves_alone_for_inference(tmp_path):
+    x, y = _data()
+    model = SAMModel(_model(), method="nusam")
+    _compile(model)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    model.inner.save(tmp_path / "inner.keras")
+    loaded = keras.models.load_model(tmp_path / "inner.keras", compile=False)
+    assert not isinstance(loaded, SAMModel)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6
+    )
+
+
+RESUME_METHODS = ["looksam", "fsam", "nusam", "samk"]
+
+
+def _resume_model(method):
+    return SAMModel(
+        _model(),
+        method=method,
+        rho=keras.optimizers.schedules.ExponentialDecay(0.1, 4, 0.5),
+        **({"k": 3} if method in ("looksam", "samk") else {}),
+    )
+
+
+def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path):
+    """N steps, save, load in a fresh process, M more steps: bit for bit the
+    weights of N + M uninterrupted steps (shuffle off, no dropout)."""
+    x, y = _data()
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    expected = {}
+    for method in RESUME_METHODS:
+        full = _resume_model(method)
+        _compile(full)
+        full.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        expected[method] = _values(full.variables)
+
+        first = _resume_model(method)
+        _compile(first)
+        first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        first.save(tmp_path / f"{method}.keras")
+
+    env = dict(os.environ, KERAS_BACKEND=BACKEND)
+    out = subprocess.run(
+        [sys.executable, str(HERE / "resume.py"), str(tmp_path)]
+        + RESUME_METHODS,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for method in RESUME_METHODS:
+        with np.load(tmp_path / f"{method}.npz") as resumed:
+            got = [resumed[f"v{i}"] for i in range(len(resumed.files))]
+        assert len(got) == len(expected[method])
+        for i, (a, b) in enumerate(zip(expected[method], got)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{method} v{i}")
