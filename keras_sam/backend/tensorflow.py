@@ -33,7 +33,8 @@ def _add_in_sequence(variables, rank_one, sign: float, after, order) -> None:
         with tf.control_dependencies(previous + after(i)):
             previous = [
                 variables[i].value.assign_add(
-                    rank_one.delta(j, sign), read_value=False
+                    tf.cast(rank_one.delta(j, sign), variables[i].dtype),
+                    read_value=False,
                 )
             ]
 

@@ -24,7 +24,9 @@ def global_dot(a: Sequence, b: Sequence):
 def _squared_norm(tensors: Sequence):
     """`sum_i ||t_i||^2`, through a fused vector norm per tensor: unlike
     `sum(t * t)`, it allocates no temporary as large as the tensor."""
-    norms = [ops.norm(ops.reshape(t, (-1,))) for t in tensors]
+    norms = [
+        ops.cast(ops.norm(ops.reshape(t, (-1,))), "float32") for t in tensors
+    ]
     return sum((n * n for n in norms), ops.zeros((), "float32"))
 
 

@@ -1,0 +1,172 @@
+"""Mixed precision and bad gradients: loss scaling, bfloat16, overflow, zero
+and NaN gradients, for every preset."""
+
+import contextlib
+
+import keras
+import numpy as np
+import pytest
+
+from keras_sam import PRESETS, SAMModel
+
+METHODS = list(PRESETS)
+
+
+@contextlib.contextmanager
+def _policy(name):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(16)(inputs)
+    h = keras.layers.LayerNormalization()(h)
+    h = keras.layers.Activation("tanh")(h)
+    return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+
+def _data(n=32):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 6)).astype("float32"), np.arange(n) % 3
+
+
+def _options(method):
+    # Ascents on steps 0 and 2 for the reuse methods.
+    return {"k": 2} if PRESETS[method][1].get("reuse") else {}
+
+
+def _sam(method, optimizer=None, loss=None, run_eagerly=False):
+    model = SAMModel(_model(), method=method, **_options(method))
+    model.compile(
+        optimizer=optimizer or keras.optimizers.SGD(0.1),
+        loss=loss
+        or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        run_eagerly=run_eagerly,
+    )
+    return model
+
+
+def _numpy(variables):
+    return [keras.ops.convert_to_numpy(v).astype("float32") for v in variables]
+
+
+def _state(model):
+    return _numpy(keras.tree.flatten(model.state_variables()))
+
+
+def _all_finite(arrays):
+    return all(np.isfinite(a).all() for a in arrays)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mixed_float16_trains_close_to_float32_with_unscaled_state(method):
+    x, y = _data()
+    reference = _sam(method)
+    reference.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    with _policy("mixed_float16"):
+        model = _sam(method)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert float(keras.ops.convert_to_numpy(model.loss_scale())) > 1.0
+    for v in keras.tree.flatten(model.state_variables()):
+        assert keras.backend.standardize_dtype(v.dtype) in ("float32", "int32")
+    # Within half precision of the float32 run; the state (EMA, g_v) too,
+    # which it would not be by the factor of the loss scale if it were
+    # stored scaled.
+    for a, b in zip(
+        _numpy(model.inner.weights), _numpy(reference.inner.weights)
+    ):
+        np.testing.assert_allclose(a, b, atol=2e-2, rtol=2e-2)
+    for a, b in zip(_state(model), _state(reference)):
+        np.testing.assert_allclose(a, b, atol=2e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "bfloat16"])
+def test_bfloat16_policies_train_with_float32_state(method, policy):
+    x, y = _data()
+    with _policy(policy):
+        model = _sam(method)
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    loss = history.history["loss"]
+    assert np.isfinite(loss).all() and loss[-1] < loss[0]
+    for v in keras.tree.flatten(model.state_variables()):
+        assert keras.backend.standardize_dtype(v.dtype) in ("float32", "int32")
+    assert _all_finite(_numpy(model.variables))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_overflow_step_changes_nothing(method):
+    """A loss scale so large that the float16 backward pass overflows, then a
+    NaN in the data: the LossScaleOptimizer skips both steps; weights,
+    optimizer and SAM state (counter included) stay as they were, with no
+    NaN anywhere."""
+    x, y = _data(8)
+    with _policy("mixed_float16"):
+        model = _sam(
+            method,
+            optimizer=keras.optimizers.LossScaleOptimizer(
+                keras.optimizers.SGD(0.1, momentum=0.9), initial_scale=2.0**100
+            ),
+        )
+        weights = _numpy(model.inner.weights)
+        state = _state(model)
+        model.train_on_batch(x, y)
+    assert float(keras.ops.convert_to_numpy(model.loss_scale())) == 2.0**99
+    for a, b in zip(_numpy(model.inner.weights), weights):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_state(model), state):
+        np.testing.assert_array_equal(a, b)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
+    assert _all_finite(_numpy(model.variables + model.optimizer.variables))
+
+    # A NaN in the data: skipped the same way.
+    x[0, 0] = np.nan
+    with _policy("mixed_float16"):
+        model.train_on_batch(x, y)
+    assert float(keras.ops.convert_to_numpy(model.loss_scale())) == 2.0**98
+    for a, b in zip(_numpy(model.inner.weights), weights):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_state(model), state):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_then_nan_gradients(method):
+    """A zero gradient (all sample weights 0) gives eps = 0 and no NaN. Then,
+    without loss scaling, a NaN clean gradient gives eps = 0 and the base
+    optimizer receives what it would have received without SAM, while the
+    SAM state stays as it was."""
+    x, y = _data(8)
+    # Eager: the same step as compiled, without a compilation per preset.
+    model = _sam(method, run_eagerly=True)
+    weights = _numpy(model.inner.weights)
+    for _ in range(3):  # ascents and, for the reuse methods, a reuse step
+        logs = model.train_on_batch(
+            x, y, sample_weight=np.zeros(8), return_dict=True
+        )
+    assert logs["sharpness"] == 0.0
+    for a, b in zip(_numpy(model.inner.weights), weights):
+        np.testing.assert_array_equal(a, b)
+    state = _state(model)
+    assert _all_finite(state)
+
+    x[0, 0] = np.nan
+    plain = _model()
+    plain.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        run_eagerly=True,
+    )
+    model.train_on_batch(x, y)
+    plain.train_on_batch(x, y)
+    for a, b in zip(_numpy(model.inner.weights), _numpy(plain.weights)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_state(model), state):
+        np.testing.assert_array_equal(a, b)
