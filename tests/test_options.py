@@ -61,6 +61,7 @@ def test_inner_is_the_wrapped_model():
         ({"method": 3}, ValueError, ["method", "3", "sam"]),
         ({"rho": -0.1}, ValueError, ["rho", "-0.1", "float >= 0"]),
         ({"rho": float("nan")}, ValueError, ["rho", "nan"]),
+        ({"rho": float("inf")}, ValueError, ["rho", "inf"]),
         ({"rho": "big"}, TypeError, ["rho", "'big'", "LearningRateSchedule"]),
         ({"rho": True}, TypeError, ["rho", "True"]),
         ({"perturb": "bn"}, ValueError, ["perturb", "'bn'", "no_norm"]),
@@ -89,6 +90,21 @@ def test_inner_is_the_wrapped_model():
             ["alpha", "-0.1", "[0.0, 1.0)"],
         ),
         (
+            {"method": "looksam", "alpha": "x"},
+            TypeError,
+            ["alpha", "'x'", "[0.0, 1.0)"],
+        ),
+        (
+            {"method": "nusam", "power_iterations": 0},
+            ValueError,
+            ["power_iterations", "power_iterations=0", "int >= 1"],
+        ),
+        (
+            {"method": "nusam", "power_iterations": 1.0},
+            TypeError,
+            ["power_iterations", "power_iterations=1.0", "int >= 1"],
+        ),
+        (
             {"method": "fsam", "ema_decay": 1.0},
             ValueError,
             ["ema_decay", "1.0", "[0.0, 1.0)"],
@@ -99,7 +115,23 @@ def test_inner_is_the_wrapped_model():
             ["ema_decay", "-0.5"],
         ),
         ({"method": "fsam", "sigma": -1.0}, ValueError, ["sigma", "-1.0"]),
+        (
+            {"method": "fsam", "ema_decay": "0.9"},
+            TypeError,
+            ["ema_decay", "'0.9'", "[0.0, 1.0)"],
+        ),
+        (
+            {"method": "fsam", "sigma": "1"},
+            TypeError,
+            ["sigma", "'1'", "float >= 0.0"],
+        ),
         ({"method": "asam", "eta": -1.0}, ValueError, ["eta", "-1.0"]),
+        ({"method": "asam", "eta": float("inf")}, ValueError, ["eta", "inf"]),
+        (
+            {"method": "fisher", "eta": "x"},
+            TypeError,
+            ["eta", "'x'", "float >= 0.0"],
+        ),
         (
             {"method": "asam", "adaptive": "global"},
             ValueError,
@@ -115,6 +147,11 @@ def test_inner_is_the_wrapped_model():
             {"method": "fisher", "norm": "linf"},
             ValueError,
             ["norm='linf'", "fisher"],
+        ),
+        (
+            {"method": "nusam", "norm": "linf"},
+            ValueError,
+            ["norm='linf'", "nusam", "'nuclear' geometry"],
         ),
         ({"reuse": "sometimes"}, ValueError, ["reuse", "'sometimes'", "look"]),
         ({"ascent": "local"}, ValueError, ["ascent", "'local'", "per_replica"]),
@@ -133,6 +170,18 @@ def test_inner_is_the_wrapped_model():
         ({"normalize_bias": True}, ValueError, ["normalize_bias", "asam"]),
         ({"ema_decay": 0.5}, ValueError, ["ema_decay", "friendly=True"]),
         ({"sigma": 0.5}, ValueError, ["sigma", "friendly=True"]),
+        (
+            {"method": "fsam", "friendly": False, "sigma": 0.5},
+            ValueError,
+            ["sigma", "friendly=True"],
+        ),
+        (
+            {"power_iterations": 2},
+            ValueError,
+            ["power_iterations", "nuclear geometries", "nusam"],
+        ),
+        # Applicability is checked before the value.
+        ({"eta": "x"}, ValueError, ["eta", "applies only", "eta='x'"]),
     ],
 )
 def test_invalid_option_names_option_value_and_allowed(
@@ -199,3 +248,50 @@ def test_a_rho_schedule_or_callable_is_accepted():
     schedule = keras.optimizers.schedules.CosineDecay(0.1, 100)
     assert SAMModel(_mlp(), rho=schedule).options.rho is schedule
     assert callable(SAMModel(_mlp(), rho=lambda t: 0.1).options.rho)
+
+
+def test_options_apply_after_the_overrides():
+    o = SAMModel(_mlp(), friendly=True, sigma=0.5).options
+    assert (o.friendly, o.sigma, o.ema_decay) == (True, 0.5, 0.9)
+    o = SAMModel(_mlp(), method="nusam", reuse="look", k=2).options
+    assert (o.reuse, o.k, o.alpha, o.power_iterations) == ("look", 2, 0.7, 1)
+
+
+def test_nusam_mask_without_weight_matrices_is_an_error():
+    with pytest.raises(ValueError, match="kernels of Dense and EinsumDense"):
+        SAMModel(_mlp(), method="nusam", perturb="norm")
+
+
+def test_frozen_model_has_nothing_to_perturb():
+    model = _mlp()
+    model.trainable = False
+    with pytest.raises(ValueError, match="selects none of the 0 trainable"):
+        SAMModel(model)
+
+
+def test_unbuilt_model_checks_the_mask_at_build():
+    model = keras.Sequential([keras.layers.Dense(2)])
+    sam = SAMModel(model, perturb=lambda v: False)
+    with pytest.raises(ValueError, match="selects none of the 2 trainable"):
+        sam.build((None, 4))
+
+
+def test_unsupported_backend_is_an_error(monkeypatch):
+    model = _mlp()
+    monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
+    with pytest.raises(
+        NotImplementedError, match="active Keras backend is 'numpy'"
+    ):
+        SAMModel(model)
+
+
+def test_variable_unfrozen_after_compile_needs_a_compile():
+    model = _mlp()
+    model.layers[0].trainable = False
+    sam = SAMModel(model, method="fsam")
+    sam.compile(optimizer="sgd", loss="mse")
+    model.layers[0].trainable = True
+    with pytest.raises(RuntimeError, match="has no SAM state.*compile"):
+        sam.state_variables()
+    sam.compile(optimizer="sgd", loss="mse")
+    assert len(sam.state_variables()["ema"]) == 6
