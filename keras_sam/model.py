@@ -338,6 +338,11 @@ class SAMModel(keras.Model):
             [variables[i] for i in gradient_indices],
         )
         perturbed = [i for i, s in zip(gradient_indices, selected) if s]
+        if not gradient_indices:
+            raise ValueError(
+                f"Model {self._inner.name!r} has no trainable float "
+                "variables, so there is nothing to perturb (is it frozen?)."
+            )
         if not perturbed:
             raise ValueError(
                 f"`perturb={self._options.perturb!r}` selects none of the "

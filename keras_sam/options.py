@@ -96,7 +96,7 @@ def _check_bool(name: str, value: Any) -> None:
         )
 
 
-def _check_real(name: str, value: Any, low: float, high: float | None) -> None:
+def check_real(name: str, value: Any, low: float, high: float | None) -> None:
     """Checks `low <= value < high` (`high=None`: no upper bound)."""
     allowed = (
         f"a float in [{low}, {high})"
@@ -181,7 +181,12 @@ def resolve_options(
             an option given for a method it does not apply to.
         TypeError: for a value of the wrong type.
     """
-    if not isinstance(method, str) or method not in PRESETS:
+    if not isinstance(method, str):
+        raise TypeError(
+            f"`method` must be a string, one of {sorted(PRESETS)}; received "
+            f"method={method!r}."
+        )
+    if method not in PRESETS:
         raise ValueError(
             f"Unknown `method`: {method!r}. Available presets: "
             f"{sorted(PRESETS)}."
@@ -228,7 +233,7 @@ def resolve_options(
     )
     if geometry in _ETA_DEFAULTS:
         eta = _ETA_DEFAULTS[geometry] if eta is None else eta
-        _check_real("eta", eta, 0.0, None)
+        check_real("eta", eta, 0.0, None)
 
     _only_for(
         "normalize_bias",
@@ -246,9 +251,9 @@ def resolve_options(
     _only_for("sigma", sigma, friendly, "with friendly=True (F-SAM)")
     if friendly:
         ema_decay = 0.9 if ema_decay is None else ema_decay
-        _check_real("ema_decay", ema_decay, 0.0, 1.0)
+        check_real("ema_decay", ema_decay, 0.0, 1.0)
         sigma = 1.0 if sigma is None else sigma
-        _check_real("sigma", sigma, 0.0, None)
+        check_real("sigma", sigma, 0.0, None)
 
     reuse = preset.get("reuse") if reuse is None else reuse
     _check_choice("reuse", reuse, REUSE_MODES)
@@ -259,7 +264,7 @@ def resolve_options(
         _check_int("k", k, 1)
     if reuse == "look":
         alpha = 0.7 if alpha is None else alpha
-        _check_real("alpha", alpha, 0.0, 1.0)
+        check_real("alpha", alpha, 0.0, 1.0)
 
     nuclear = geometry in NUCLEAR_GEOMETRIES
     _only_for(

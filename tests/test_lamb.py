@@ -187,6 +187,9 @@ def test_callable_exclusion_cannot_be_serialized():
         ({"beta_1": 1.0}, ValueError, "beta_1"),
         ({"beta_2": -0.1}, ValueError, "beta_2"),
         ({"epsilon": 0.0}, ValueError, "epsilon"),
+        ({"beta_1": "0.9"}, TypeError, "`beta_1` must be a float"),
+        ({"epsilon": None}, TypeError, "`epsilon` must be a float"),
+        ({"weight_decay": True}, TypeError, "`weight_decay` must be a float"),
         ({"weight_decay": -1.0}, ValueError, "weight_decay"),
         ({"exclude_from_weight_decay": "bias"}, TypeError, "list of regular"),
         (

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import keras
 from keras import ops
 
+from keras_sam.options import check_real
+
 
 def _matcher(
     exclude: Sequence[str] | Callable | None,
@@ -115,31 +117,20 @@ class LAMB(keras.optimizers.Optimizer):
         name: str = "lamb",
         **kwargs,
     ):
-        for option, value, high in (
-            ("beta_1", beta_1, 1.0),
-            ("beta_2", beta_2, 1.0),
-        ):
-            if not 0.0 <= value < high:
-                raise ValueError(
-                    f"`{option}` must be a float in [0, 1); received "
-                    f"{option}={value!r}."
-                )
-        if not epsilon > 0:
+        check_real("beta_1", beta_1, 0.0, 1.0)
+        check_real("beta_2", beta_2, 0.0, 1.0)
+        check_real("epsilon", epsilon, 0.0, None)
+        if epsilon == 0:
             raise ValueError(
                 f"`epsilon` must be a float > 0; received epsilon={epsilon!r}."
             )
-        if not weight_decay >= 0:
-            raise ValueError(
-                "`weight_decay` must be a float >= 0; received "
-                f"weight_decay={weight_decay!r}."
-            )
+        check_real("weight_decay", weight_decay, 0.0, None)
         _check_exclude("exclude_from_weight_decay", exclude_from_weight_decay)
         _check_exclude(
             "exclude_from_layer_adaptation", exclude_from_layer_adaptation
         )
         # The base class would apply a decoupled decay: LAMB's is in the
         # update, so the base class gets none.
-        kwargs.pop("weight_decay", None)
         super().__init__(
             learning_rate=learning_rate, name=name, weight_decay=None, **kwargs
         )
