@@ -613,10 +613,14 @@ class SAMModel(keras.Model):
         )
 
     def loss_scale(self):
-        """The current scale of a `LossScaleOptimizer` (float32), or `None`
-        for any other optimizer."""
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            return ops.cast(self.optimizer.dynamic_scale, "float32")
+        """The factor by which `optimizer.scale_loss` multiplies the loss
+        (float32): a `LossScaleOptimizer`'s current scale, or any optimizer's
+        `loss_scale_factor`; `None` when the loss is not scaled."""
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return ops.cast(optimizer.dynamic_scale, "float32")
+        if optimizer.loss_scale_factor is not None:
+            return ops.cast(optimizer.loss_scale_factor, "float32")
         return None
 
     def _rank_one(self, plan: StepPlan, direction, u, rho):

@@ -87,6 +87,29 @@ def test_mixed_float16_trains_close_to_float32_with_unscaled_state(method):
         np.testing.assert_allclose(a, b, atol=2e-2, rtol=5e-2)
 
 
+@pytest.mark.parametrize("method", ["fisher", "fsam", "looklayersam"])
+def test_loss_scale_factor_leaves_the_method_unchanged(method):
+    """A base optimizer's `loss_scale_factor` scales both passes' gradients
+    like a LossScaleOptimizer does: the method's math and state (Fisher's
+    T, F-SAM's EMA, LayerSAM's ratio, LookSAM's g_v) stay unscaled."""
+    x, y = _data()
+    models = []
+    for factor in (None, 1024.0):
+        model = _sam(
+            method,
+            optimizer=keras.optimizers.SGD(0.1, loss_scale_factor=factor),
+        )
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        models.append(model)
+    unscaled, scaled = models
+    for a, b in zip(
+        _numpy(scaled.inner.weights), _numpy(unscaled.inner.weights)
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(_state(scaled), _state(unscaled)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "bfloat16"])
 def test_bfloat16_policies_train_with_float32_state(method, policy):
