@@ -24,6 +24,13 @@ def reference_mlp(params: dict, l2: float = 0.0) -> keras.Model:
     return model
 
 
+def toy_classification(n: int, seed: int = 0):
+    """`n` standard-normal 6-feature inputs, labels cycling through 3
+    classes."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6)).astype("float32"), np.arange(n) % 3
+
+
 def compile_sgd(model: keras.Model, lr: float = LR, **kwargs) -> None:
     model.compile(
         optimizer=keras.optimizers.SGD(lr),

@@ -5,13 +5,9 @@ models, embeddings, and the base optimizer's own options."""
 import keras
 import numpy as np
 import pytest
+from helpers import toy_classification
 
 from keras_sam import SAMModel
-
-
-def _data(n=48, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 6)).astype("float32"), np.arange(n) % 3
 
 
 def _mlp(seed=0):
@@ -36,7 +32,7 @@ def _assert_same(a, b, rtol=1e-6, atol=1e-7):
 
 
 def test_callbacks_validation_evaluate_and_predict(tmp_path):
-    x, y = _data()
+    x, y = toy_classification(48)
     model = SAMModel(_mlp(), method="looksam", k=2)
     model.compile(
         optimizer=keras.optimizers.SGD(0.1), loss=_loss(), metrics=["accuracy"]
@@ -87,7 +83,7 @@ def test_callbacks_validation_evaluate_and_predict(tmp_path):
 
 @pytest.mark.parametrize("method", ["sam", "looksam", "nusam"])
 def test_class_weight_equals_the_matching_sample_weight(method):
-    x, y = _data()
+    x, y = toy_classification(48)
     class_weight = {0: 2.0, 1: 1.0, 2: 0.25}
     options = {"k": 2} if method == "looksam" else {}
     models = []
@@ -132,7 +128,7 @@ def _compile_two_heads(model):
 def test_multiple_outputs_and_losses():
     """rho = 0 reproduces Keras' own step on a two-headed Functional model
     (weighted losses, per-output metrics, BatchNorm); rho > 0 trains."""
-    x, y = _data()
+    x, y = toy_classification(48)
     targets = {"label": y, "value": x[:, :1]}
     plain = _two_heads()
     sam = SAMModel(_two_heads(), rho=0.0)
@@ -163,7 +159,7 @@ class _Subclassed(keras.Model):
 
 @pytest.mark.parametrize("method", ["sam", "asam", "looklayersam"])
 def test_subclassed_model_with_dropout_trains(method):
-    x, y = _data(96)
+    x, y = toy_classification(96)
     keras.utils.set_random_seed(0)
     model = SAMModel(_Subclassed(), method=method, rho=0.02)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=_loss())
@@ -214,7 +210,7 @@ def test_embeddings_train_and_rho_zero_is_the_plain_step(method):
 def test_base_optimizer_options_apply_to_the_sam_gradient(optimizer_options):
     """With rho = 0 the SAM gradient is the clean gradient, so clipping,
     weight decay and the EMA of the weights act exactly as without SAM."""
-    x, y = _data()
+    x, y = toy_classification(48)
     plain = _mlp()
     sam = SAMModel(_mlp(), rho=0.0)
     for model in (plain, sam):
@@ -231,7 +227,7 @@ def test_gradient_accumulation_averages_the_micro_batch_sam_gradients(method):
     """`gradient_accumulation_steps=2`: each micro-batch is one SAM step at
     the same weights (the SAM state advancing per micro-batch), and the
     update applies the average of the two SAM gradients."""
-    x, y = _data(16)
+    x, y = toy_classification(16)
     lr = 0.1
     batches = [(x[:8], y[:8]), (x[8:], y[8:])]
     start = _mlp()

@@ -6,6 +6,7 @@ import contextlib
 import keras
 import numpy as np
 import pytest
+from helpers import toy_classification
 
 from keras_sam import PRESETS, SAMModel
 
@@ -29,11 +30,6 @@ def _model():
     h = keras.layers.LayerNormalization()(h)
     h = keras.layers.Activation("tanh")(h)
     return keras.Model(inputs, keras.layers.Dense(3)(h))
-
-
-def _data(n=32):
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(n, 6)).astype("float32"), np.arange(n) % 3
 
 
 def _options(method):
@@ -60,13 +56,18 @@ def _state(model):
     return _numpy(keras.tree.flatten(model.state_variables()))
 
 
+def _assert_equal(actual, expected):
+    for a, b in zip(actual, expected):
+        np.testing.assert_array_equal(a, b)
+
+
 def _all_finite(arrays):
     return all(np.isfinite(a).all() for a in arrays)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_mixed_float16_trains_close_to_float32_with_unscaled_state(method):
-    x, y = _data()
+    x, y = toy_classification(32)
     reference = _sam(method)
     reference.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     with _policy("mixed_float16"):
@@ -92,7 +93,7 @@ def test_loss_scale_factor_leaves_the_method_unchanged(method):
     """A base optimizer's `loss_scale_factor` scales both passes' gradients
     like a LossScaleOptimizer does: the method's math and state (Fisher's
     T, F-SAM's EMA, LayerSAM's ratio, LookSAM's g_v) stay unscaled."""
-    x, y = _data()
+    x, y = toy_classification(32)
     models = []
     for factor in (None, 1024.0):
         model = _sam(
@@ -113,7 +114,7 @@ def test_loss_scale_factor_leaves_the_method_unchanged(method):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "bfloat16"])
 def test_bfloat16_policies_train_with_float32_state(method, policy):
-    x, y = _data()
+    x, y = toy_classification(32)
     with _policy(policy):
         model = _sam(method)
         history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
@@ -130,7 +131,7 @@ def test_overflow_step_changes_nothing(method):
     NaN in the data: the LossScaleOptimizer skips both steps; weights,
     optimizer and SAM state (counter included) stay as they were, with no
     NaN anywhere."""
-    x, y = _data(8)
+    x, y = toy_classification(8)
     with _policy("mixed_float16"):
         model = _sam(
             method,
@@ -142,10 +143,8 @@ def test_overflow_step_changes_nothing(method):
         state = _state(model)
         model.train_on_batch(x, y)
     assert float(keras.ops.convert_to_numpy(model.loss_scale())) == 2.0**99
-    for a, b in zip(_numpy(model.inner.weights), weights):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(_state(model), state):
-        np.testing.assert_array_equal(a, b)
+    _assert_equal(_numpy(model.inner.weights), weights)
+    _assert_equal(_state(model), state)
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
     assert _all_finite(_numpy(model.variables + model.optimizer.variables))
 
@@ -154,10 +153,8 @@ def test_overflow_step_changes_nothing(method):
     with _policy("mixed_float16"):
         model.train_on_batch(x, y)
     assert float(keras.ops.convert_to_numpy(model.loss_scale())) == 2.0**98
-    for a, b in zip(_numpy(model.inner.weights), weights):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(_state(model), state):
-        np.testing.assert_array_equal(a, b)
+    _assert_equal(_numpy(model.inner.weights), weights)
+    _assert_equal(_state(model), state)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -166,7 +163,7 @@ def test_zero_then_nan_gradients(method):
     without loss scaling, a NaN clean gradient gives eps = 0 and the base
     optimizer receives what it would have received without SAM, while the
     SAM state stays as it was."""
-    x, y = _data(8)
+    x, y = toy_classification(8)
     # Eager: the same step as compiled, without a compilation per preset.
     model = _sam(method, run_eagerly=True)
     weights = _numpy(model.inner.weights)
@@ -175,8 +172,7 @@ def test_zero_then_nan_gradients(method):
             x, y, sample_weight=np.zeros(8), return_dict=True
         )
     assert logs["sharpness"] == 0.0
-    for a, b in zip(_numpy(model.inner.weights), weights):
-        np.testing.assert_array_equal(a, b)
+    _assert_equal(_numpy(model.inner.weights), weights)
     state = _state(model)
     assert _all_finite(state)
 
@@ -189,7 +185,5 @@ def test_zero_then_nan_gradients(method):
     )
     model.train_on_batch(x, y)
     plain.train_on_batch(x, y)
-    for a, b in zip(_numpy(model.inner.weights), _numpy(plain.weights)):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(_state(model), state):
-        np.testing.assert_array_equal(a, b)
+    _assert_equal(_numpy(model.inner.weights), _numpy(plain.weights))
+    _assert_equal(_state(model), state)

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND
+from helpers import toy_classification
 
 from keras_sam import PRESETS, SAMModel
 
@@ -42,11 +43,6 @@ def _model(seed=0):
     h = keras.layers.Dense(8)(h)
     h = keras.layers.LayerNormalization()(h)
     return keras.Model(inputs, keras.layers.Dense(3)(h))
-
-
-def _data(n=48, seed=1):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 6)).astype("float32"), np.arange(n) % 3
 
 
 def _compile(model):
@@ -109,7 +105,7 @@ def test_unsaveable_callables_raise_at_save(option, tmp_path):
     "method", ["looksam", "fsam", "nusam", "samk", "looklayersam"]
 )
 def test_save_and_load_keep_weights_state_and_optimizer(method, tmp_path):
-    x, y = _data()
+    x, y = toy_classification(48, seed=1)
     k = {"k": 2} if method in ("looksam", "samk", "looklayersam") else {}
     model = SAMModel(_model(), method=method, **k)
     _compile(model)
@@ -138,7 +134,7 @@ def test_checkpoint_holds_no_copy_of_the_weights(tmp_path):
     """The file holds the model's variables, the SAM state (here LookSAM's
     g_v, one value per parameter, and the counter) and the optimizer's
     (metrics are not saved, as in Keras): nothing transient."""
-    x, y = _data()
+    x, y = toy_classification(48, seed=1)
     inner = _model()
     model = SAMModel(inner, method="looksam")
     _compile(model)
@@ -171,7 +167,7 @@ def test_checkpoint_holds_no_copy_of_the_weights(tmp_path):
 
 
 def test_inner_model_saves_alone_for_inference(tmp_path):
-    x, y = _data()
+    x, y = toy_classification(48, seed=1)
     model = SAMModel(_model(), method="nusam")
     _compile(model)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
@@ -198,7 +194,7 @@ def _resume_model(method):
 def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path):
     """N steps, save, load in a fresh process, M more steps: bit for bit the
     weights of N + M uninterrupted steps (shuffle off, no dropout)."""
-    x, y = _data()
+    x, y = toy_classification(48, seed=1)
     np.savez(tmp_path / "data.npz", x=x, y=y)
     expected = {}
     for method in RESUME_METHODS:
