@@ -4,6 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BACKENDS ?= tensorflow jax torch
+# pytest-xdist workers per backend run ("0": in the pytest process).
+WORKERS ?= 2
 # The CPU build of torch; an unpinned torch pulls CUDA packages.
 TORCH_PIN ?= torch==2.13.0
 
@@ -22,7 +24,7 @@ install: $(VENV)/.installed
 test: install
 	@for backend in $(BACKENDS); do \
 		echo "=== KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend $(PY) -m pytest -q tests || exit $$?; \
+		KERAS_BACKEND=$$backend $(PY) -m pytest -q -n $(WORKERS) tests || exit $$?; \
 	done
 
 demo: install
