@@ -4,7 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BACKENDS ?= tensorflow jax torch
-# pytest-xdist workers per backend run ("0": in the pytest process).
+# pytest-xdist workers per backend run ("0": in the pytest process); a test
+# file goes to one worker, so its module fixtures run once.
 WORKERS ?= 2
 # The CPU build of torch; an unpinned torch pulls CUDA packages.
 TORCH_PIN ?= torch==2.13.0
@@ -24,12 +25,12 @@ install: $(VENV)/.installed
 test: install
 	@for backend in $(BACKENDS); do \
 		echo "=== KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend $(PY) -m pytest -q -n $(WORKERS) tests || exit $$?; \
+		KERAS_BACKEND=$$backend $(PY) -m pytest -q -n $(WORKERS) --dist loadfile tests || exit $$?; \
 	done
 
 demo: install
 	$(PY) -m keras_sam.demo
 
 lint: install
-	$(PY) -m ruff check keras_sam tests benchmarks
-	$(PY) -m ruff format --check keras_sam tests benchmarks
+	$(PY) -m ruff check keras_sam tests benchmarks examples
+	$(PY) -m ruff format --check keras_sam tests benchmarks examples

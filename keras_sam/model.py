@@ -19,6 +19,7 @@ from keras_sam.methods.matrices import MatrixView, weight_matrices
 from keras_sam.methods.rank_one import RankOne
 from keras_sam.methods.tensors import all_finite, to_float32
 from keras_sam.options import NUCLEAR_GEOMETRIES, SAMOptions, resolve_options
+from keras_sam.replicas import ONE_REPLICA, Replicas
 from keras_sam.serialization import deserialize_option, serialize_option
 
 
@@ -484,6 +485,7 @@ class SAMModel(keras.Model):
         loss,
         second_pass: Callable[[list], tuple[Any, list]],
         loss_scale=None,
+        replicas: Replicas = ONE_REPLICA,
     ) -> tuple[list, dict, Any, Any]:
         """The backend-neutral SAM step (DESIGN §3-§4), on values.
 
@@ -505,6 +507,12 @@ class SAMModel(keras.Model):
                 `grads` and pass 2's gradients are multiplied, or `None`.
                 The method's math and its state are in unscaled units; the
                 gradients returned are scaled, for the optimizer to unscale.
+            replicas: the replicas this step runs on (`tf.distribute`); then
+                `grads` and pass 2's gradients are this replica's shares and
+                so are the gradients returned. With `ascent="global"` the
+                ascent follows the all-reduced gradient; with
+                `"per_replica"`, this replica's own. The state always
+                follows all-reduced values, identical on every replica.
 
         Returns:
             `(gradients for the base optimizer, new state values, sharpness,
@@ -514,9 +522,17 @@ class SAMModel(keras.Model):
         o = self._options
         gi, pi = plan.gradient_indices, plan.perturbed_indices
         position = {i: j for j, i in enumerate(gi)}
-        g = _unscaled(_or_zeros(grads, trainable_values, gi), loss_scale)
-        g_p = [g[position[i]] for i in pi]
-        g_finite = all_finite(g)
+        shares = _unscaled(_or_zeros(grads, trainable_values, gi), loss_scale)
+        per_replica = o.ascent == "per_replica" and replicas.count > 1
+        # `g`, the global-batch gradient, drives the state (and the ascent,
+        # unless it is per replica), so the replicas' states never differ.
+        g = None
+        if not per_replica or o.friendly or o.reuse == "look" or plan.views:
+            g = replicas.sum(shares)
+        own = replicas.own(shares) if per_replica else g
+        g_p = [g[position[i]] for i in pi] if g is not None else None
+        own_p = [own[position[i]] for i in pi]
+        g_finite = replicas.all(all_finite(shares))
         t = state["iterations"] - o.start_step
         active = ops.greater_equal(t, 0)
         ascent = schedule.takes_ascent(t, o.reuse, o.k)
@@ -527,25 +543,34 @@ class SAMModel(keras.Model):
             "u": [],
         }
 
-        direction = g_p
+        def direction_of(gradients):
+            if not o.friendly:
+                return gradients
+            return friendly_lib.direction(gradients, new_state["ema"], o.sigma)
+
         if o.friendly:
             ema = friendly_lib.ema_update(state["ema"], g_p, o.ema_decay)
             new_state["ema"] = [
                 ops.where(active, new, old)
                 for new, old in zip(ema, state["ema"])
             ]
-            direction = friendly_lib.direction(g_p, new_state["ema"], o.sigma)
+        direction = direction_of(own_p)
 
         def with_ascent():
             rho = schedule.rho_at(o.rho, ops.maximum(t, 0))
             u = state["u"]
             if plan.views:
-                rank_one, u = self._rank_one(plan, direction, u, rho)
+                rank_one, new_u = self._rank_one(plan, direction, u, rho)
+                if per_replica:  # the state's u follows the global gradient
+                    _, new_u = self._rank_one(plan, direction_of(g_p), u, rho)
+                u = new_u
                 values = trainable_values
             else:
                 rank_one = None
                 weights = to_float32([trainable_values[i] for i in pi])
-                eps = perturbation(plan.geometry, direction, g_p, weights, rho)
+                eps = perturbation(
+                    plan.geometry, direction, own_p, weights, rho
+                )
                 values = list(trainable_values)
                 for i, e in zip(pi, eps):
                     values[i] = values[i] + ops.cast(e, values[i].dtype)
@@ -556,6 +581,7 @@ class SAMModel(keras.Model):
             finite = all_finite(g_s)
             g_v = state["g_v"]
             if o.reuse == "look":
+                # This replica's share of g_v (the projection is linear).
                 g_v = schedule.look_projection(g, _unscaled(g_s, loss_scale))
             outputs = (g_s, sharpness, g_v, u, finite)
             if plan.views:
@@ -570,6 +596,7 @@ class SAMModel(keras.Model):
                 reused = schedule.look_reuse(g, state["g_v"], alpha)
                 if loss_scale is not None:
                     reused = [r * loss_scale for r in reused]
+                reused = replicas.share(reused)
                 final = [ops.cast(r, f.dtype) for r, f in zip(reused, final)]
             outputs = (
                 final,
@@ -591,6 +618,14 @@ class SAMModel(keras.Model):
             outputs = ops.cond(ascent, with_ascent, without_ascent)
         final_g, sharpness, g_v, u, update_finite = outputs[:5]
         trainable_after = list(outputs[5]) if plan.views else None
+        # Replicas synchronise outside the conditional: MirroredStrategy
+        # cannot all-reduce inside one.
+        update_finite = replicas.all(update_finite)
+        if o.reuse == "look" and replicas.count > 1:
+            g_v = [
+                ops.where(ascent, new, old)
+                for new, old in zip(replicas.sum(g_v), state["g_v"])
+            ]
         new_state["g_v"] = list(g_v)
         new_state["u"] = list(u)
         # A non-finite gradient (an overflow under loss scaling) never

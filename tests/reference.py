@@ -314,6 +314,63 @@ class Reference:
         self.theta = self.theta - self.lr * update
 
 
+def step_per_replica(ref: Reference, x, y, replicas: int) -> None:
+    """One step of `ref` with `ascent="per_replica"` on `replicas` equal,
+    contiguous shards of the batch (m-sharpness, m = batch / replicas).
+
+    DESIGN §5: each shard perturbs with the gradient of its own mean loss
+    (with F-SAM, `g_r - sigma m`), and the descent gradient is the mean of
+    the shards' gradients at their own perturbed weights. Everything kept
+    between steps follows the global-batch gradient `g` (the mean of the
+    shards'), as in `Reference.step`: F-SAM's EMA, LookSAM's `g_v` and the
+    reuse steps, and nuSAM's `u` (advanced by the power iteration on `g`,
+    while each shard starts its own from the same `u`).
+    """
+    c = ref.c
+    t = ref.step_count - c.start_step
+    ref.step_count += 1
+    shards = list(zip(np.split(x, replicas), np.split(y, replicas)))
+    grads = [ref.grad(ref.theta, xr, yr, None)[1] for xr, yr in shards]
+    g = np.mean(grads, axis=0)
+    if t < 0:
+        ref.theta = ref.theta - ref.lr * g
+        return
+    ref.rho = c.rho(t) if callable(c.rho) else c.rho
+    if c.friendly:
+        ref.m = np.where(
+            ref.mask > 0, c.ema_decay * ref.m + (1 - c.ema_decay) * g, 0
+        )
+
+    def direction(gradient):
+        return gradient - c.sigma * ref.m if c.friendly else gradient
+
+    if c.reuse is None or t % c.k == 0:
+        u = dict(ref.u)
+        descent = []
+        for g_r, (xr, yr) in zip(grads, shards):
+            ref.u = dict(u)
+            eps = ref.epsilon(g_r, direction(g_r), ref.theta)
+            descent.append(ref.grad(ref.theta + eps, xr, yr, None)[1])
+        ref.u = dict(u)
+        if ref.u:  # nuSAM: u follows the global gradient
+            ref.epsilon(g, direction(g), ref.theta)
+        g_s = np.mean(descent, axis=0)
+        if c.reuse == "look":
+            ref.g_v = g_s - np.dot(g, g_s) / (np.dot(g, g) + DELTA) * g
+        update = g_s
+    elif c.reuse == "look":
+        update = (
+            g
+            + c.alpha
+            * np.linalg.norm(g)
+            / (np.linalg.norm(ref.g_v) + DELTA)
+            * ref.g_v
+        )
+    else:
+        update = g
+    ref.theta = ref.theta - ref.lr * update
+
+
 def make_batches(
     n_batches: int = 8,
     batch: int = 16,

@@ -10,7 +10,30 @@ import jax
 import keras
 
 
+def _check_ascent(model) -> None:
+    """`ascent="per_replica"` needs per-replica gradients, which JAX's data
+    parallelism never computes: raises when the batch is split."""
+    distribution = keras.distribution.distribution()
+    if model.options.ascent != "per_replica" or distribution is None:
+        return
+    mesh = distribution.device_mesh
+    axis = distribution.batch_dim_name or mesh.axis_names[0]
+    shards = mesh.shape[list(mesh.axis_names).index(axis)]
+    if shards > 1:
+        raise NotImplementedError(
+            "ascent='per_replica' is not supported on the JAX backend under "
+            f"keras.distribution (the batch is split over {shards} devices): "
+            "JAX runs the step as one program over the global batch and "
+            "never computes a device's own gradient, which would cost a "
+            "third pass per step. Use ascent='global' (the default; the "
+            "single-device trajectory), or the TensorFlow backend with a "
+            "tf.distribute strategy for m-sharpness. Received "
+            "ascent='per_replica'."
+        )
+
+
 def train_step(model, state, data):
+    _check_ascent(model)
     trainable, non_trainable, optimizer_values, metrics_values = state
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     plan = model._plan()

@@ -6,6 +6,8 @@ import keras
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution
 
+from keras_sam.replicas import ONE_REPLICA, Replicas
+
 
 def _read(variable):
     """A snapshot of the variable's value (`.value` is the live variable)."""
@@ -54,6 +56,19 @@ def _restore_after(values):
     return lambda i: values[i].consumers()
 
 
+def _replicas() -> Replicas:
+    """The replicas of the enclosing `tf.distribute` strategy."""
+    count = tf.distribute.get_strategy().num_replicas_in_sync
+    if count == 1:
+        return ONE_REPLICA
+    context = tf.distribute.get_replica_context()
+
+    def all_reduce(tensors):
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors))
+
+    return Replicas(count, all_reduce)
+
+
 def train_step(model, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     if not model.built:
@@ -67,6 +82,11 @@ def train_step(model, data):
         model.optimizer.build(variables)
     plan = model._plan()
     state_variables = model.state_variables(plan)
+    replicas = _replicas()
+    # Replicas with perturbations of their own cannot share in-place
+    # perturbed weights: subtracting different eps rounds differently on
+    # each copy, and the copies would drift apart. They perturb values.
+    in_place = replicas.count == 1 or model.options.ascent == "global"
     non_trainable_before = [_read(v) for v in model.non_trainable_variables]
 
     # Pass 1, as keras.src.backend.tensorflow.trainer does it.
@@ -89,7 +109,9 @@ def train_step(model, data):
     metrics_values = [_read(v) for v in model.metrics_variables]
 
     def second_pass(values, rank_one):
-        if rank_one is not None:  # nuSAM: perturb the variables in place
+        if rank_one is not None and not in_place:
+            values = rank_one.perturbed(values)
+        elif rank_one is not None:  # nuSAM: perturb the variables in place
             _add_in_sequence(
                 variables,
                 rank_one,
@@ -110,7 +132,7 @@ def train_step(model, data):
             )
             scaled = model.optimizer.scale_loss(loss_2)
         grads_2 = [_dense(g) for g in tape.gradient(scaled, values)]
-        if rank_one is not None:  # restore once pass 2 is done with them
+        if rank_one is not None and in_place:  # restore once pass 2 is done
             # Last layers first: the backward pass finishes with them first.
             _add_in_sequence(
                 variables,
@@ -129,6 +151,7 @@ def train_step(model, data):
         loss,
         second_pass,
         model.loss_scale(),
+        replicas,
     )
     model.optimizer.apply(final, variables)
     tf.nest.map_structure(

@@ -56,7 +56,27 @@ def _add_rank_one(variables, rank_one, sign: float) -> None:
             weight.add_(rank_one.delta(j, sign))
 
 
+def _check_single_process() -> None:
+    """Keras' torch trainer has no data parallelism: in a multi-process
+    group, every process would train its own copy apart from the others."""
+    distributed = torch.distributed
+    if (
+        distributed.is_available()
+        and distributed.is_initialized()
+        and distributed.get_world_size() > 1
+    ):
+        raise NotImplementedError(
+            "SAMModel on the torch backend trains on one device: Keras' "
+            "torch trainer does not synchronise gradients between the "
+            f"{distributed.get_world_size()} processes of the initialised "
+            "torch.distributed group, so each would silently train its own "
+            "model. Use the JAX backend with keras.distribution or the "
+            "TensorFlow backend with a tf.distribute strategy."
+        )
+
+
 def train_step(model, data):
+    _check_single_process()
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     variables = model.trainable_variables
     plan = model._plan()

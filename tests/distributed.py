@@ -1,0 +1,51 @@
+"""What the distributed tests train: every preset (and a composition with a
+delayed start, F-SAM and LookSAM) on the reference MLP, through `fit`."""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import compile_sgd, reference_mlp
+from reference import Reference, init_params, make_batches, step_per_replica
+from test_golden import CASES as GOLDEN
+
+from keras_sam import PRESETS, SAMModel
+
+CASES = {name: GOLDEN[name] for name in (*PRESETS, "look_fsam_delayed")}
+STEPS, BATCH = 6, 16
+
+
+def batches():
+    x, y = make_batches(n_batches=STEPS, batch=BATCH)
+    return x.astype("float32"), y
+
+
+def train(name: str, return_model: bool = False, jit_compile="auto", **options):
+    """The flat weights after `STEPS` steps of `fit` (in the current
+    strategy or distribution scope)."""
+    x, y = batches()
+    sam = SAMModel(reference_mlp(init_params()), **CASES[name][0], **options)
+    compile_sgd(sam, jit_compile=jit_compile)
+    sam.fit(
+        x.reshape(-1, x.shape[-1]),
+        y.reshape(-1),
+        batch_size=BATCH,
+        shuffle=False,
+        verbose=0,
+    )
+    weights = np.concatenate([w.ravel() for w in sam.inner.get_weights()])
+    return (weights, sam) if return_model else weights
+
+
+def reference(name: str, replicas: int | None = None) -> np.ndarray:
+    """The NumPy reference's flat weights after the same steps: `ascent`
+    global (`replicas=None`) or per replica."""
+    from helpers import LR
+
+    ref = Reference(CASES[name][1], init_params(), LR)
+    x, y = batches()
+    for step in range(STEPS):
+        if replicas is None:
+            ref.step(x[step], y[step])
+        else:
+            step_per_replica(ref, x[step], y[step], replicas)
+    return ref.theta

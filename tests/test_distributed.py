@@ -1,0 +1,224 @@
+"""Distributed training (DESIGN §5): every preset on several devices equals
+one device with `ascent="global"`, and the NumPy per-replica reference with
+`ascent="per_replica"`; replicas never drift apart.
+
+Devices are set up before the backend starts, so each backend's runs go in a
+subprocess of their own (`distributed_tf.py`, `distributed_jax.py`); each
+runs in the `make test` session of its own backend, once.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import BACKEND
+from distributed import CASES, reference, train
+
+HERE = pathlib.Path(__file__).parent
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, tmp_path_factory, xla_flags: str = "") -> dict:
+    out = tmp_path_factory.mktemp("distributed") / "out.npz"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, str(HERE / script), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(np.load(out))
+
+
+# ---- TensorFlow: MirroredStrategy on 2 logical CPUs ------------------------
+
+tf_only = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="tf.distribute is TensorFlow's"
+)
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    return _run("distributed_tf.py", tmp_path_factory)
+
+
+@tf_only
+@pytest.mark.parametrize("case", list(CASES))
+def test_mirrored_global_ascent_equals_one_device(mirrored, case):
+    np.testing.assert_allclose(
+        mirrored[f"{case}/global"], mirrored[f"{case}/single"], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        mirrored[f"{case}/single"], reference(case), rtol=1e-5, atol=1e-6
+    )
+
+
+@tf_only
+@pytest.mark.parametrize("case", list(CASES))
+def test_mirrored_per_replica_ascent_matches_reference(mirrored, case):
+    expected = reference(case, replicas=2)
+    np.testing.assert_allclose(
+        mirrored[f"{case}/per_replica"], expected, rtol=1e-5, atol=1e-6
+    )
+    # Not the global trajectory: the test tells the two apart.
+    assert np.max(np.abs(expected - reference(case))) > 1e-3
+
+
+@tf_only
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("ascent", ["global", "per_replica"])
+def test_replicas_hold_identical_weights_and_state(mirrored, case, ascent):
+    assert mirrored[f"{case}/{ascent}/spread"] == 0.0
+
+
+@tf_only
+@pytest.mark.parametrize("case", list(CASES))
+def test_jit_compile_on_one_device(case):
+    """XLA, what a TPU runs: every preset compiles and follows the reference."""
+    np.testing.assert_allclose(
+        train(case, jit_compile=True), reference(case), rtol=1e-5, atol=1e-6
+    )
+
+
+# ---- JAX: keras.distribution on 4 host devices -----------------------------
+
+jax_only = pytest.mark.skipif(
+    BACKEND != "jax", reason="keras.distribution runs on JAX only"
+)
+
+
+@pytest.fixture(scope="module")
+def distributed_jax(tmp_path_factory):
+    return _run(
+        "distributed_jax.py",
+        tmp_path_factory,
+        xla_flags="--xla_force_host_platform_device_count=4",
+    )
+
+
+@jax_only
+@pytest.mark.parametrize("case", list(CASES))
+def test_data_parallel_equals_one_device(distributed_jax, case):
+    np.testing.assert_allclose(
+        distributed_jax[f"{case}/data_parallel"],
+        distributed_jax[f"{case}/single"],
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        distributed_jax[f"{case}/single"], reference(case), rtol=1e-5, atol=1e-6
+    )
+
+
+@jax_only
+@pytest.mark.parametrize("case", ["sam", "nusam"])
+def test_model_parallel_with_sharded_kernels_equals_one_device(
+    distributed_jax, case
+):
+    specs = list(distributed_jax[f"{case}/model_parallel/kernel_specs"])
+    assert specs == ["P(None, 'model')", "P('model', None)"]
+    np.testing.assert_allclose(
+        distributed_jax[f"{case}/model_parallel"],
+        distributed_jax[f"{case}/single"],
+        atol=1e-6,
+    )
+
+
+@jax_only
+def test_per_replica_ascent_under_data_parallel_is_a_clear_error(
+    distributed_jax,
+):
+    message = str(distributed_jax["per_replica_error"])
+    assert message.startswith("ascent='per_replica' is not supported")
+    assert "split over 4 devices" in message
+    assert "Use ascent='global'" in message
+
+
+# ---- PyTorch: one device ---------------------------------------------------
+
+
+TORCH_PROCESS = """
+import sys
+import keras
+import torch
+from helpers import compile_sgd, toy_classification
+
+from keras_sam import SAMModel
+
+torch.distributed.init_process_group(
+    "gloo", init_method=sys.argv[1], rank=int(sys.argv[2]), world_size=2
+)
+sam = SAMModel(keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)]))
+compile_sgd(sam)
+try:
+    sam.fit(*toy_classification(8), verbose=0)
+except NotImplementedError as e:
+    print(e)
+"""
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed is PyTorch's")
+def test_torch_process_group_is_a_clear_error(tmp_path):
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    init = f"file://{tmp_path / 'rendezvous'}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", TORCH_PROCESS, init, str(rank)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+        assert stdout.startswith(
+            "SAMModel on the torch backend trains on one device"
+        ), stdout + stderr[-3000:]
+        assert "the 2 processes" in stdout
+
+
+# ---- examples/tpu_train.py -------------------------------------------------
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="the TPU example targets TensorFlow and JAX"
+)
+def test_tpu_example_runs_without_a_tpu():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if BACKEND == "jax":
+        flags = "--xla_force_host_platform_device_count=4"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(HERE.parent / "examples" / "tpu_train.py"),
+            "--steps",
+            "3",
+            "--batch-size",
+            "32",
+            *("--dim", "16", "--depth", "1", "--heads", "2"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = {
+        "tensorflow": "No TPU found (TPUClusterResolver): training with the "
+        "default strategy",
+        "jax": "keras.distribution.DataParallel over 4 devices.",
+    }[BACKEND]
+    assert expected in result.stdout
+    assert "final: accuracy=" in result.stdout
