@@ -16,6 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q '$(TORCH_PIN)' -e '.[all]'
+	# keras-hub for tests/test_real_models.py, without its tensorflow-text
+	# (which pulls the full tensorflow over tensorflow-cpu; ViTBackbone does
+	# not use it). pip warns about the dependencies it did not install.
+	$(PY) -m pip install -q --no-deps 'keras-hub==0.32.0'
+	$(PY) -m pip install -q regex tokenizers
 	touch $@
 
 install: $(VENV)/.installed
