@@ -132,6 +132,23 @@ def test_model_parallel_with_sharded_kernels_equals_one_device(
 
 
 @jax_only
+@pytest.mark.parametrize("case", ["sam", "nusam"])
+def test_model_parallel_with_attention_heads_sharded_equals_one_device(
+    distributed_jax, case
+):
+    """nuSAM's power iteration on EinsumDense kernels split by heads."""
+    specs = list(
+        distributed_jax[f"attention_{case}/model_parallel/kernel_specs"]
+    )
+    assert specs == ["P(None, 'model', None)"] * 3 + ["P('model', None, None)"]
+    np.testing.assert_allclose(
+        distributed_jax[f"attention_{case}/model_parallel"],
+        distributed_jax[f"attention_{case}/single"],
+        atol=1e-6,
+    )
+
+
+@jax_only
 def test_per_replica_ascent_under_data_parallel_is_a_clear_error(
     distributed_jax,
 ):
