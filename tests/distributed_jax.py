@@ -24,20 +24,40 @@ from helpers import compile_sgd  # noqa: E402
 from keras_sam import SAMModel  # noqa: E402
 
 MODEL_PARALLEL_CASES = ("sam", "nusam")
+# Kernels split over the "model" axis of a 2 x 2 mesh. The reference MLP's
+# (6, 8) and (8, 3) kernels; the attention model's kernels by heads.
+MLP_LAYOUTS = {
+    ".*dense/kernel": (None, "model"),
+    ".*dense_1/kernel": ("model", None),
+}
+ATTENTION_LAYOUTS = {
+    ".*(query|key|value)/kernel": (None, "model", None),
+    ".*attention_output/kernel": ("model", None, None),
+}
 
 
-def model_parallel(devices) -> keras.distribution.ModelParallel:
+def model_parallel(devices, layouts: dict) -> keras.distribution.ModelParallel:
     mesh = keras.distribution.DeviceMesh((2, 2), ["batch", "model"], devices)
-    layouts = keras.distribution.LayoutMap(mesh)
-    # The reference MLP's kernels: (6, 8) and (8, 3), each split in two.
-    layouts[".*dense/kernel"] = (None, "model")
-    layouts[".*dense_1/kernel"] = ("model", None)
-    return keras.distribution.ModelParallel(layout_map=layouts)
+    layout_map = keras.distribution.LayoutMap(mesh)
+    for pattern, axes in layouts.items():
+        layout_map[pattern] = axes
+    return keras.distribution.ModelParallel(layout_map=layout_map)
 
 
-def train_attention(method: str) -> tuple[np.ndarray, list[str]]:
-    """A MultiHeadAttention classifier (its EinsumDense kernels are nuSAM's
-    matrices): the flat weights after 4 steps, and the kernels' shardings."""
+def kernel_specs(model) -> np.ndarray:
+    """The sharding of each kernel ("None" on one device)."""
+    return np.array(
+        [
+            str(getattr(v.value.sharding, "spec", None))
+            for v in model.inner.trainable_variables
+            if v.name == "kernel"
+        ]
+    )
+
+
+def train_attention(method: str, return_model: bool = False):
+    """`train` for a MultiHeadAttention classifier (its EinsumDense kernels
+    are nuSAM's matrices): the flat weights after 4 steps."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4, 8)).astype("float32")
@@ -49,21 +69,7 @@ def train_attention(method: str) -> tuple[np.ndarray, list[str]]:
     compile_sgd(sam)
     sam.fit(x, y, batch_size=16, shuffle=False, verbose=0)
     weights = np.concatenate([w.ravel() for w in sam.inner.get_weights()])
-    specs = [
-        str(getattr(v.value.sharding, "spec", None))
-        for v in sam.inner.trainable_variables
-        if v.name == "kernel" and len(v.shape) == 3
-    ]
-    return weights, specs
-
-
-def attention_parallel(devices) -> keras.distribution.ModelParallel:
-    """The attention heads split over the "model" axis of a 2 x 2 mesh."""
-    mesh = keras.distribution.DeviceMesh((2, 2), ["batch", "model"], devices)
-    layouts = keras.distribution.LayoutMap(mesh)
-    layouts[".*(query|key|value)/kernel"] = (None, "model", None)
-    layouts[".*attention_output/kernel"] = ("model", None, None)
-    return keras.distribution.ModelParallel(layout_map=layouts)
+    return (weights, sam) if return_model else weights
 
 
 def main(path: str) -> None:
@@ -80,25 +86,21 @@ def main(path: str) -> None:
             out["per_replica_error"] = np.str_("")
         except NotImplementedError as e:
             out["per_replica_error"] = np.str_(str(e))
-    for name in MODEL_PARALLEL_CASES:
-        keras.backend.clear_session()  # the layout map's layer names
-        with model_parallel(devices).scope():
-            weights, sam = train(name, return_model=True)
-        out[f"{name}/model_parallel"] = weights
-        out[f"{name}/model_parallel/kernel_specs"] = np.array(
-            [
-                str(v.value.sharding.spec)
-                for v in sam.inner.trainable_variables
-                if v.name == "kernel"
-            ]
-        )
-    for name in MODEL_PARALLEL_CASES:
-        out[f"attention_{name}/single"], _ = train_attention(name)
-        keras.backend.clear_session()  # (clears the distribution too)
-        with attention_parallel(devices).scope():
-            weights, specs = train_attention(name)
-        out[f"attention_{name}/model_parallel"] = weights
-        out[f"attention_{name}/model_parallel/kernel_specs"] = np.array(specs)
+    for prefix, run, layouts in (
+        ("", train, MLP_LAYOUTS),
+        ("attention_", train_attention, ATTENTION_LAYOUTS),
+    ):
+        for name in MODEL_PARALLEL_CASES:
+            key = f"{prefix}{name}"
+            if f"{key}/single" not in out:
+                out[f"{key}/single"] = run(name)
+            # Fresh layer names for the layout map (this clears the
+            # distribution too, so it comes before the scope).
+            keras.backend.clear_session()
+            with model_parallel(devices, layouts).scope():
+                weights, sam = run(name, return_model=True)
+            out[f"{key}/model_parallel"] = weights
+            out[f"{key}/model_parallel/kernel_specs"] = kernel_specs(sam)
     np.savez(path, **out)
 
 

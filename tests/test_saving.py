@@ -2,10 +2,6 @@
 SAM state, a resumed run equal to an uninterrupted one across processes."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 import zipfile
 
 import h5py
@@ -14,10 +10,9 @@ import numpy as np
 import pytest
 from conftest import BACKEND
 from helpers import toy_classification
+from processes import HERE, run_python
 
 from keras_sam import PRESETS, SAMModel
-
-HERE = pathlib.Path(__file__).resolve().parent
 
 
 @keras.saving.register_keras_serializable(package="keras_sam_tests")
@@ -208,15 +203,7 @@ def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path):
         first.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
         first.save(tmp_path / f"{method}.keras")
 
-    env = dict(os.environ, KERAS_BACKEND=BACKEND)
-    out = subprocess.run(
-        [sys.executable, str(HERE / "resume.py"), str(tmp_path)]
-        + RESUME_METHODS,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_python([HERE / "resume.py", tmp_path, *RESUME_METHODS], backend=BACKEND)
     for method in RESUME_METHODS:
         with np.load(tmp_path / f"{method}.npz") as resumed:
             got = [resumed[f"v{i}"] for i in range(len(resumed.files))]
