@@ -22,17 +22,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 
 import keras
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from examples.models.vit import vit  # noqa: E402
-from keras_sam import SAMModel  # noqa: E402
-from keras_sam.optimizers import LAMB  # noqa: E402
+from keras_sam import SAMModel
+from keras_sam.models import vit
+from keras_sam.optimizers import LAMB
 
 
 @keras.saving.register_keras_serializable(package="examples")

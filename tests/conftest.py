@@ -30,7 +30,7 @@ def _fresh_session():
     yield
 
 
-# The example models live in examples/models (not part of the package).
+# The examples (examples/*.py, not part of the package) import in their tests.
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from examples.models import mlp_mixer, vit
 from keras_sam import SAMModel
+from keras_sam.models import mlp_mixer, vit
 from keras_sam.optimizers import LAMB
 
 

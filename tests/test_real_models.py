@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from examples.models.resnet import resnet
 from keras_sam import SAMModel
+from keras_sam.models import resnet
 from keras_sam.optimizers import LAMB
 
 
