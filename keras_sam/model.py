@@ -66,6 +66,12 @@ class StepPlan:
         keeps_gradient: whether the clean gradient is read after pass 2
             (LookSAM's projection); if not, a backend may overwrite its
             buffers with pass 2's gradient.
+        clean_indices: the variables that pass 1 differentiates: all of
+            them, or, when every step takes an ascent (no `reuse`, no
+            `start_step`) and so nothing reads the clean gradient of the
+            unperturbed variables, the perturbed ones and those outside the
+            SAM gradient (SAM-ON's pass 1 never computes the other weight
+            gradients).
     """
 
     gradient_indices: tuple[int, ...]
@@ -73,6 +79,7 @@ class StepPlan:
     geometry: Geometry | None
     views: tuple[MatrixView, ...]
     keeps_gradient: bool
+    clean_indices: tuple[int, ...]
 
 
 @keras.saving.register_keras_serializable(package="keras_sam")
@@ -367,13 +374,22 @@ class SAMModel(keras.Model):
             geometry = make_geometry(
                 self._options, [variables[i] for i in perturbed]
             )
+        clean = range(len(variables))
+        if self._always_ascends():
+            unread = set(gradient_indices) - set(perturbed)
+            clean = [i for i in clean if i not in unread]
         return StepPlan(
             gradient_indices=tuple(gradient_indices),
             perturbed_indices=tuple(perturbed),
             geometry=geometry,
             views=views,
             keeps_gradient=self._options.reuse == "look",
+            clean_indices=tuple(clean),
         )
+
+    def _always_ascends(self) -> bool:
+        """Whether every step takes an ascent (no branch without one)."""
+        return self._options.reuse is None and self._options.start_step == 0
 
     def _create_state(self) -> None:
         """Creates the persistent state that the method needs and lacks."""
@@ -492,7 +508,8 @@ class SAMModel(keras.Model):
         Args:
             plan: the step plan.
             grads: pass-1 gradients, aligned with `trainable_variables`;
-                `None` for variables without a gradient.
+                `None` for variables without a gradient and for those
+                outside `plan.clean_indices`.
             trainable_values: the current values of `trainable_variables`.
             state: the values of `state_variables(plan)`.
             loss: the pass-1 loss (without loss scaling).
@@ -523,15 +540,18 @@ class SAMModel(keras.Model):
         gi, pi = plan.gradient_indices, plan.perturbed_indices
         position = {i: j for j, i in enumerate(gi)}
         shares = _unscaled(_or_zeros(grads, trainable_values, gi), loss_scale)
+        shares_p = [shares[position[i]] for i in pi]
         per_replica = o.ascent == "per_replica" and replicas.count > 1
         # `g`, the global-batch gradient, drives the state (and the ascent,
-        # unless it is per replica), so the replicas' states never differ.
-        g = None
-        if not per_replica or o.friendly or o.reuse == "look" or plan.views:
+        # unless it is per replica), so the replicas' states never differ;
+        # only LookSAM reads it beyond the perturbed variables.
+        g = g_p = None
+        if o.reuse == "look":
             g = replicas.sum(shares)
-        own = replicas.own(shares) if per_replica else g
-        g_p = [g[position[i]] for i in pi] if g is not None else None
-        own_p = [own[position[i]] for i in pi]
+            g_p = [g[position[i]] for i in pi]
+        elif not per_replica or o.friendly or plan.views:
+            g_p = replicas.sum(shares_p)
+        own_p = replicas.own(shares_p) if per_replica else g_p
         g_finite = replicas.all(all_finite(shares))
         t = state["iterations"] - o.start_step
         active = ops.greater_equal(t, 0)
@@ -556,6 +576,10 @@ class SAMModel(keras.Model):
             ]
         direction = direction_of(own_p)
 
+        # Which variables pass 2 gave a gradient (read for those that pass
+        # 1 did not differentiate).
+        differentiated = {}
+
         def with_ascent():
             rho = schedule.rho_at(o.rho, ops.maximum(t, 0))
             u = state["u"]
@@ -576,6 +600,7 @@ class SAMModel(keras.Model):
                     values[i] = values[i] + ops.cast(e, values[i].dtype)
                 del eps  # eager backends: free it before pass 2
             loss_2, grads_2, restored = second_pass(values, rank_one)
+            differentiated.update((i, grads_2[i] is not None) for i in gi)
             g_s = _or_zeros(grads_2, trainable_values, gi)
             sharpness = ops.cast(loss_2, "float32") - ops.cast(loss, "float32")
             finite = all_finite(g_s)
@@ -609,7 +634,7 @@ class SAMModel(keras.Model):
                 return (*outputs, list(trainable_values))
             return outputs
 
-        if o.reuse is None and o.start_step == 0:
+        if self._always_ascends():
             # Every step is an ascent: straight-line code lets the compiler
             # free pass-1 buffers early (a conditional keeps the operands of
             # both branches alive).
@@ -636,8 +661,9 @@ class SAMModel(keras.Model):
             lambda new, old: ops.where(commit, new, old), new_state, state
         )
         final = list(grads)
+        clean = set(plan.clean_indices)
         for i, f in zip(gi, final_g):
-            if grads[i] is not None:
+            if grads[i] is not None if i in clean else differentiated[i]:
                 final[i] = f
         return (
             final,

@@ -327,3 +327,34 @@ def test_learning_rate_zero_nusam_restores_within_rounding(method):
             assert np.all(np.abs(after - before) <= 3 * ulp)
         else:
             np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize(
+    "options, differentiated",
+    [
+        # Every step ascends and only the perturbed gradients are read.
+        (dict(method="samon"), "norm"),
+        (dict(method="nusam"), "kernels"),
+        (dict(method="fsam", perturb="norm"), "norm"),
+        # Plain steps (before start_step, SAM-k) and LookSAM's reuse read
+        # the clean gradient of every variable.
+        (dict(method="samon", start_step=1), "all"),
+        (dict(method="samk", perturb="norm"), "all"),
+        (dict(method="looksam", perturb="norm"), "all"),
+        (dict(method="sam"), "all"),
+    ],
+)
+def test_pass_one_differentiates_only_the_gradients_the_step_reads(
+    options, differentiated
+):
+    """SAM-ON's pass 1 never computes the other weight gradients (the
+    golden tests check that the step still equals the reference)."""
+    _, sam, _ = _twins(**options)
+    plan = sam._plan()
+    names = [v.path for v in sam.trainable_variables]
+    expected = {
+        "all": names,
+        "norm": [p for p in names if "batch_normalization" in p],
+        "kernels": [p for p in names if p.endswith("kernel")],
+    }[differentiated]
+    assert [names[i] for i in plan.clean_indices] == expected

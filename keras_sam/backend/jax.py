@@ -40,10 +40,19 @@ def train_step(model, state, data):
     state_variables = model.state_variables(plan)
     index = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
 
-    # Pass 1, as keras.src.backend.jax.trainer does it.
-    grad_fn = jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)
-    (_, aux), grads = grad_fn(
-        trainable,
+    # Pass 1, as keras.src.backend.jax.trainer does it, differentiated with
+    # respect to the variables whose clean gradient the step reads.
+    clean = plan.clean_indices
+
+    def loss_and_updates(clean_values, *args, **kwargs):
+        values = list(trainable)
+        for i, value in zip(clean, clean_values):
+            values[i] = value
+        return model.compute_loss_and_updates(values, *args, **kwargs)
+
+    grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
+    (_, aux), clean_grads = grad_fn(
+        [trainable[i] for i in clean],
         non_trainable,
         metrics_values,
         x,
@@ -53,6 +62,9 @@ def train_step(model, state, data):
         optimizer_variables=optimizer_values,
     )
     loss, y_pred, new_non_trainable, metrics_values = aux
+    grads = [None] * len(trainable)
+    for i, grad in zip(clean, clean_grads):
+        grads[i] = grad
 
     optimizer_mapping = list(zip(model.optimizer.variables, optimizer_values))
 

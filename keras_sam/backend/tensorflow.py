@@ -105,7 +105,12 @@ def train_step(model, data):
             )[0],
         )
         scaled_loss = model.optimizer.scale_loss(loss)
-    grads = [_dense(g) for g in tape.gradient(scaled_loss, variables)]
+    grads = [None] * len(variables)
+    clean = plan.clean_indices
+    for i, g in zip(
+        clean, tape.gradient(scaled_loss, [variables[i] for i in clean])
+    ):
+        grads[i] = _dense(g)
     metrics_values = [_read(v) for v in model.metrics_variables]
 
     def second_pass(values, rank_one):

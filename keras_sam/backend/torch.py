@@ -107,8 +107,13 @@ def train_step(model, data):
             i for i in keras.tree.flatten(x) if i is not None
         ).shape[0],
     )
-    model.optimizer.scale_loss(loss).backward()
-    grads = [v.value.grad for v in variables]
+    clean = plan.clean_indices
+    model.optimizer.scale_loss(loss).backward(
+        inputs=[variables[i].value for i in clean]
+    )
+    grads = [None] * len(variables)
+    for i in clean:
+        grads[i] = variables[i].value.grad
     metrics_values = [v.value for v in model.metrics_variables]
 
     def perturbed_loss(values):
