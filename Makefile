@@ -1,5 +1,5 @@
 # keras-sam: `make demo` runs the demo, `make test` the whole suite on the
-# tensorflow, jax and torch backends in turn.
+# tensorflow, jax and torch backends in turn, `make docs` the documentation site.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ WORKERS ?= 2
 # The CPU build of torch; an unpinned torch pulls CUDA packages.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo lint
+.PHONY: install test demo lint docs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,9 +25,17 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# One pytest run per backend; any failure (or a run that collects no test:
-# pytest exits 5) fails the target.
-test: install
+# The documentation site (mkdocs.yml), built strictly: any warning (a broken
+# link or anchor, a docstring that griffe cannot parse) fails the target.
+# mkdocstrings reads keras_sam statically, so no backend is imported.
+DOCS_SITE ?= site
+
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir $(DOCS_SITE)
+
+# The docs build, then one pytest run per backend; any failure (or a run that
+# collects no test: pytest exits 5) fails the target.
+test: install docs
 	@for backend in $(BACKENDS); do \
 		echo "=== KERAS_BACKEND=$$backend"; \
 		KERAS_BACKEND=$$backend $(PY) -m pytest -q -n $(WORKERS) --dist loadfile tests || exit $$?; \

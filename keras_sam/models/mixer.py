@@ -19,7 +19,8 @@ def mlp_mixer(
     """An MLP-Mixer classifier with global average pooling.
 
     Args:
-        image_size: the height and width of the input images.
+        image_size: the height and width of the input images. Defaults to
+            `32`.
         patch_size: the side of the square patches. Defaults to `4`.
         channels: input channels. Defaults to `3`.
         num_classes: output logits. Defaults to `10`.

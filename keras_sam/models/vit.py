@@ -53,7 +53,8 @@ def vit(
     heads=12)` (86M).
 
     Args:
-        image_size: the height and width of the input images.
+        image_size: the height and width of the input images. Defaults to
+            `32`.
         patch_size: the side of the square patches. Defaults to `4`.
         channels: input channels. Defaults to `3`.
         num_classes: output logits. Defaults to `10`.
