@@ -151,7 +151,7 @@ class SAMModel(keras.Model):
             between ascents). Defaults to the preset's value.
         k: the period of the ascents with `reuse`, an int >= 1. Defaults
             to `5`.
-        alpha: LookSAM's reuse weight, in [0, 1). Defaults to `0.7`.
+        alpha: LookSAM's reuse weight, in [0, 1]. Defaults to `0.7`.
         power_iterations: nuSAM's warm-started power iterations per ascent,
             an int >= 1 (nuclear geometries). Defaults to `1`.
         ascent: `"global"` (the ascent uses the global-batch gradient) or

@@ -96,22 +96,27 @@ def _check_bool(name: str, value: Any) -> None:
         )
 
 
-def check_real(name: str, value: Any, low: float, high: float | None) -> None:
-    """Checks `low <= value < high` (`high=None`: no upper bound)."""
-    allowed = (
-        f"a float in [{low}, {high})"
-        if high is not None
-        else (f"a float >= {low}")
-    )
+def check_real(
+    name: str,
+    value: Any,
+    low: float,
+    high: float | None,
+    high_allowed: bool = False,
+) -> None:
+    """Checks `low <= value < high` (`<= high` with `high_allowed`;
+    `high=None`: no upper bound)."""
+    if high is None:
+        allowed = f"a float >= {low}"
+    else:
+        allowed = f"a float in [{low}, {high}{']' if high_allowed else ')'}"
     if not _is_real(value):
         raise TypeError(
             f"`{name}` must be {allowed}; received {name}={value!r}."
         )
-    if (
-        not math.isfinite(value)
-        or value < low
-        or (high is not None and value >= high)
-    ):
+    above = high is not None and (
+        value > high if high_allowed else value >= high
+    )
+    if not math.isfinite(value) or value < low or above:
         raise ValueError(
             f"`{name}` must be {allowed}; received {name}={value!r}."
         )
@@ -264,7 +269,7 @@ def resolve_options(
         _check_int("k", k, 1)
     if reuse == "look":
         alpha = 0.7 if alpha is None else alpha
-        check_real("alpha", alpha, 0.0, 1.0)
+        check_real("alpha", alpha, 0.0, 1.0, high_allowed=True)
 
     nuclear = geometry in NUCLEAR_GEOMETRIES
     _only_for(

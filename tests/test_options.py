@@ -80,19 +80,19 @@ def test_inner_is_the_wrapped_model():
         ),
         ({"method": "samk", "k": True}, TypeError, ["`k`", "True"]),
         (
-            {"method": "looksam", "alpha": 1.0},
+            {"method": "looksam", "alpha": 1.5},
             ValueError,
-            ["alpha", "1.0", "[0.0, 1.0)"],
+            ["alpha", "1.5", "[0.0, 1.0]"],
         ),
         (
             {"method": "looksam", "alpha": -0.1},
             ValueError,
-            ["alpha", "-0.1", "[0.0, 1.0)"],
+            ["alpha", "-0.1", "[0.0, 1.0]"],
         ),
         (
             {"method": "looksam", "alpha": "x"},
             TypeError,
-            ["alpha", "'x'", "[0.0, 1.0)"],
+            ["alpha", "'x'", "[0.0, 1.0]"],
         ),
         (
             {"method": "nusam", "power_iterations": 0},
