@@ -41,8 +41,10 @@ test: install docs
 		KERAS_BACKEND=$$backend $(PY) -m pytest -q -n $(WORKERS) --dist loadfile tests || exit $$?; \
 	done
 
+# The example ViT on digits with the base optimizer and seven methods; writes
+# keras_sam_demo.png. Arguments: make demo ARGS="--model mixer --epochs 5".
 demo: install
-	$(PY) -m keras_sam.demo
+	$(VENV)/bin/keras-sam demo $(ARGS)
 
 lint: install
 	$(PY) -m ruff check keras_sam tests benchmarks examples

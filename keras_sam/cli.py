@@ -1,0 +1,27 @@
+"""The `keras-sam` command: `keras-sam demo [options]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = {"demo": "trains the example ViT on digits with several methods"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs a `keras-sam` sub-command with the arguments that follow it."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="keras-sam",
+        description="keras-sam: Sharpness-Aware Minimization for Keras 3.",
+        epilog="; ".join(f"{c}: {h}" for c, h in COMMANDS.items()),
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.parse_args(argv[:1])
+    from keras_sam import demo
+
+    demo.main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
