@@ -22,40 +22,21 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 
 import keras
 import numpy as np
 
-from keras_sam import SAMModel
-from keras_sam.models import vit
-from keras_sam.optimizers import LAMB
+if __package__ in (None, ""):
+    # Run as a script (`python examples/x.py`): import `keras_sam` from
+    # this checkout, and `examples` with it.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-
-@keras.saving.register_keras_serializable(package="examples")
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to `peak` over `warmup_steps`, then linear decay
-    to 0 at `total_steps` (LookSAM paper, Table 11)."""
-
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
-        self.peak = peak
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        warmup = step / max(self.warmup_steps, 1)
-        decay = (self.total_steps - step) / max(
-            self.total_steps - self.warmup_steps, 1
-        )
-        fraction = keras.ops.clip(keras.ops.minimum(warmup, decay), 0.0, 1.0)
-        return self.peak * fraction
-
-    def get_config(self) -> dict:
-        return {
-            "peak": self.peak,
-            "warmup_steps": self.warmup_steps,
-            "total_steps": self.total_steps,
-        }
+from examples.schedules import WarmupLinearDecay, linear_scaling  # noqa: E402
+from keras_sam import SAMModel  # noqa: E402
+from keras_sam.models import vit  # noqa: E402
+from keras_sam.optimizers import LAMB  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def scaled_learning_rate(args) -> float:
     """The linear scaling rule: the peak rate grows with the batch."""
-    return args.base_lr * args.batch_size / args.base_batch
+    return linear_scaling(args.base_lr, args.batch_size, args.base_batch)
 
 
 def tensorflow_strategy(tpu: str | None):
