@@ -81,13 +81,14 @@ def load_digits(seed: int = 0):
 
     Returns:
         `((x_train, y_train), (x_test, y_test))`, images shaped
-        `(n, 8, 8, 1)`, float32 in [0, 1].
+        `(n, 8, 8, 1)`, float32 in [0, 1], and int32 labels.
     """
     _require("sklearn")
     from sklearn.datasets import load_digits as sklearn_digits
 
     x, y = sklearn_digits(return_X_y=True)
     x = (x / 16.0).astype("float32").reshape(-1, 8, 8, 1)
+    y = y.astype("int32")
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
     split = int(0.8 * len(x))
