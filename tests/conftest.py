@@ -30,6 +30,22 @@ def _fresh_session():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module of tiny models: on a busy
+    2-core machine torch's 2 spinning threads make such a step up to 25x
+    slower."""
+    if keras.backend.backend() != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # The examples (examples/*.py, not part of the package) import in their tests.
 import pathlib  # noqa: E402
 import sys  # noqa: E402

@@ -22,19 +22,8 @@ TINY_VIT = ["--dim", "16", "--depth", "1", "--heads", "2"]
 WHOLE_SET = ["--batch-size", "2048"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Tiny models: on a busy 2-core machine torch's 2 spinning intra-op
-    # threads make a step many times slower than one thread.
-    if keras.backend.backend() != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one torch thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _check(logs: dict, out: str) -> None:

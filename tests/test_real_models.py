@@ -14,20 +14,8 @@ from keras_sam import SAMModel
 from keras_sam.models import resnet
 from keras_sam.optimizers import LAMB
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # These models are too small for intra-op parallelism, and on a busy
-    # 2-core machine torch's 2 spinning threads make a step up to 25x slower.
-    if keras.backend.backend() != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one torch thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache
