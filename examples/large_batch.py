@@ -47,7 +47,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from examples.data import load_digits, random_images  # noqa: E402
-from examples.schedules import WarmupLinearDecay, linear_scaling  # noqa: E402
+from examples.schedules import (  # noqa: E402
+    add_schedule_arguments,
+    warmup_linear_decay,
+)
 from keras_sam import PRESETS, SAMModel  # noqa: E402
 from keras_sam.models import vit  # noqa: E402
 from keras_sam.optimizers import LAMB  # noqa: E402
@@ -69,19 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=50,
         help="steps between logs and validations",
     )
-    parser.add_argument(
-        "--base-lr",
-        type=float,
-        default=1e-2,
-        help="peak learning rate at --base-batch (Table 11: 1e-2 at 4096)",
-    )
-    parser.add_argument("--base-batch", type=int, default=1024)
-    parser.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=None,
-        help="linear warmup steps (default: a tenth of --steps)",
-    )
+    add_schedule_arguments(parser, base_batch=1024)
     parser.add_argument(
         "--method", choices=sorted(PRESETS), default="looklayersam"
     )
@@ -211,18 +202,16 @@ def build(args: argparse.Namespace, total_steps: int) -> SAMModel:
     if args.method in LOOK_METHODS:
         options["alpha"] = args.alpha
     sam = SAMModel(model, method=args.method, rho=args.rho, **options)
-    peak = linear_scaling(args.base_lr, args.batch_size, args.base_batch)
-    warmup = (
-        total_steps // 10 if args.warmup_steps is None else args.warmup_steps
-    )
+    schedule = warmup_linear_decay(args, total_steps)
     print(
         f"{args.method} (rho {args.rho}) with LAMB: batch {args.batch_size}, "
-        f"peak learning rate {peak:.3g} ({args.base_lr:g} at batch "
-        f"{args.base_batch}), {warmup} warmup steps of {total_steps}"
+        f"peak learning rate {schedule.peak:.3g} ({args.base_lr:g} at batch "
+        f"{args.base_batch}), {schedule.warmup_steps} warmup steps of "
+        f"{total_steps}"
     )
     sam.compile(
         optimizer=LAMB(
-            WarmupLinearDecay(peak, warmup, total_steps),
+            schedule,
             weight_decay=args.weight_decay,
             global_clipnorm=args.clipnorm,
         ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import keras
 
 
@@ -51,3 +53,36 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "total_steps": self.total_steps,
         }
+
+
+def add_schedule_arguments(
+    parser: argparse.ArgumentParser, base_batch: int
+) -> None:
+    """The flags of the large-batch learning-rate recipe: `--base-lr`,
+    `--base-batch` (defaulting to `base_batch`) and `--warmup-steps`."""
+    parser.add_argument(
+        "--base-lr",
+        type=float,
+        default=1e-2,
+        help="peak learning rate at --base-batch (Table 11: 1e-2 at 4096)",
+    )
+    parser.add_argument("--base-batch", type=int, default=base_batch)
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="linear warmup steps (default: a tenth of --steps)",
+    )
+
+
+def warmup_linear_decay(
+    args: argparse.Namespace, total_steps: int
+) -> WarmupLinearDecay:
+    """The schedule of those flags: `--base-lr` scaled linearly to
+    `--batch-size`, a warmup of `--warmup-steps` (a tenth of `total_steps`
+    if not given), then a linear decay to 0 at `total_steps`."""
+    warmup = (
+        total_steps // 10 if args.warmup_steps is None else args.warmup_steps
+    )
+    peak = linear_scaling(args.base_lr, args.batch_size, args.base_batch)
+    return WarmupLinearDecay(peak, warmup, total_steps)

@@ -33,7 +33,10 @@ if __package__ in (None, ""):
     # this checkout, and `examples` with it.
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from examples.schedules import WarmupLinearDecay, linear_scaling  # noqa: E402
+from examples.schedules import (  # noqa: E402
+    add_schedule_arguments,
+    warmup_linear_decay,
+)
 from keras_sam import SAMModel  # noqa: E402
 from keras_sam.models import vit  # noqa: E402
 from keras_sam.optimizers import LAMB  # noqa: E402
@@ -45,19 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", type=int, default=256, help="global batch"
     )
-    parser.add_argument(
-        "--base-lr",
-        type=float,
-        default=1e-2,
-        help="peak learning rate at --base-batch (Table 11: 1e-2 at 4096)",
-    )
-    parser.add_argument("--base-batch", type=int, default=4096)
-    parser.add_argument(
-        "--warmup-steps",
-        type=int,
-        default=None,
-        help="linear warmup steps (default: a tenth of --steps)",
-    )
+    add_schedule_arguments(parser, base_batch=4096)
     parser.add_argument("--dim", type=int, default=64, help="ViT width")
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -77,11 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="JAX on a pod: call keras.distribution.initialize() first",
     )
     return parser.parse_args(argv)
-
-
-def scaled_learning_rate(args) -> float:
-    """The linear scaling rule: the peak rate grows with the batch."""
-    return linear_scaling(args.base_lr, args.batch_size, args.base_batch)
 
 
 def tensorflow_strategy(tpu: str | None):
@@ -138,12 +124,9 @@ def build(args) -> SAMModel:
         alpha=args.alpha,
         ascent=args.ascent,
     )
-    warmup = (
-        args.steps // 10 if args.warmup_steps is None else args.warmup_steps
-    )
     sam.compile(
         optimizer=LAMB(
-            WarmupLinearDecay(scaled_learning_rate(args), warmup, args.steps),
+            warmup_linear_decay(args, args.steps),
             weight_decay=args.weight_decay,
             global_clipnorm=args.clipnorm,
         ),
