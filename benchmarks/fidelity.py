@@ -33,6 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_sam import SAMModel  # noqa: E402
+from keras_sam.demo import load_digits  # noqa: E402
 from keras_sam.models import resnet, vit  # noqa: E402
 
 Builder = Callable[[], keras.Model]
@@ -258,20 +259,11 @@ def samon_params(args: argparse.Namespace) -> None:
 
 
 def digits(train_size: int | None = None) -> tuple:
-    """scikit-learn's digits as 8x8x1 images in [0, 1], a fixed 80/20
-    split (permutation seed 0): 1437 training and 360 test images; the first
-    `train_size` training images only, if given."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x.reshape(-1, 8, 8, 1) / 16.0).astype("float32")
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order].astype("int32")
-    split = int(0.8 * len(x))
-    return (x[:split][:train_size], y[:split][:train_size]), (
-        x[split:],
-        y[split:],
-    )
+    """The demo's digits (`keras_sam.demo.load_digits`: 8x8x1 images in
+    [0, 1], a fixed 80/20 split, permutation seed 0): 1437 training and 360
+    test images; the first `train_size` training images only, if given."""
+    (x, y), test = load_digits(seed=0)
+    return (x[:train_size], y[:train_size]), test
 
 
 def small_vit(depth: int) -> keras.Model:
