@@ -49,6 +49,15 @@ def _constant(value):
     return initializer
 
 
+class _StepCount(keras.metrics.Sum):
+    """A count of steps, for the logs. `Sum.result()` on torch is the
+    variable's own storage, which `evaluate()` resets in place while `fit`
+    still holds the epoch's logs: the result here is a copy."""
+
+    def result(self):
+        return ops.copy(self.total)
+
+
 @dataclasses.dataclass(frozen=True)
 class StepPlan:
     """Which trainable variables take part in the step (fixed per trace).
@@ -247,10 +256,12 @@ class SAMModel(keras.Model):
             )
         sam_backend.check_supported()
         super().__init__(**kwargs)
+        sam_backend.on_create(self)
         self._inner = model
         self._options = options
         self._arguments = arguments
         self._sharpness_tracker = keras.metrics.Mean(name="sharpness")
+        self._skipped_tracker = _StepCount(name="sam_skipped")
         self._log_sharpness = False
         self._iterations = self.add_weight(
             shape=(),
@@ -534,7 +545,8 @@ class SAMModel(keras.Model):
         Returns:
             `(gradients for the base optimizer, new state values, sharpness,
             1.0 if an ascent was taken else 0.0, the trainable values to
-            update: `None` unless the perturbation was rank one)`.
+            update: `None` unless the perturbation was rank one, 1.0 if the
+            state was left as it was (a non-finite gradient) else 0.0)`.
         """
         o = self._options
         gi, pi = plan.gradient_indices, plan.perturbed_indices
@@ -665,12 +677,14 @@ class SAMModel(keras.Model):
         for i, f in zip(gi, final_g):
             if grads[i] is not None if i in clean else differentiated[i]:
                 final[i] = f
+        # A skipped step's sharpness (NaN, for a NaN loss) is not averaged.
         return (
             final,
             new_state,
-            sharpness,
-            ops.cast(ascent, "float32"),
+            ops.where(commit, sharpness, 0.0),
+            ops.cast(ops.logical_and(ascent, commit), "float32"),
             trainable_after,
+            ops.cast(ops.logical_not(commit), "float32"),
         )
 
     def loss_scale(self):
@@ -749,7 +763,8 @@ class SAMModel(keras.Model):
 
     @contextlib.contextmanager
     def logging_sharpness(self):
-        """Within it, `get_metrics_result` reports `sharpness` (train logs)."""
+        """Within it, `get_metrics_result` reports `sharpness` and
+        `sam_skipped` (train logs)."""
         self._log_sharpness = True
         try:
             yield
@@ -760,4 +775,5 @@ class SAMModel(keras.Model):
         logs = super().get_metrics_result()
         if not self._log_sharpness:
             logs.pop("sharpness", None)
+            logs.pop("sam_skipped", None)
         return logs

@@ -12,6 +12,9 @@ from keras_sam import PRESETS, SAMModel
 
 CASES = {name: GOLDEN[name] for name in (*PRESETS, "look_fsam_delayed")}
 STEPS, BATCH = 6, 16
+# Models trained one after the other in one process, each under a strategy
+# (or distribution) of its own: a plain Keras model is "plain".
+SEQUENCE = ("plain", "sam", "looksam", "fsam", "nusam", "plain")
 
 
 def batches():
@@ -21,9 +24,12 @@ def batches():
 
 def train(name: str, return_model: bool = False, jit_compile="auto", **options):
     """The flat weights after `STEPS` steps of `fit` (in the current
-    strategy or distribution scope)."""
+    strategy or distribution scope); `name="plain"` trains the model without
+    SAM."""
     x, y = batches()
-    sam = SAMModel(reference_mlp(init_params()), **CASES[name][0], **options)
+    sam = reference_mlp(init_params())
+    if name != "plain":
+        sam = SAMModel(sam, **CASES[name][0], **options)
     compile_sgd(sam, jit_compile=jit_compile)
     sam.fit(
         x.reshape(-1, x.shape[-1]),
@@ -32,7 +38,8 @@ def train(name: str, return_model: bool = False, jit_compile="auto", **options):
         shuffle=False,
         verbose=0,
     )
-    weights = np.concatenate([w.ravel() for w in sam.inner.get_weights()])
+    model = sam if name == "plain" else sam.inner
+    weights = np.concatenate([w.ravel() for w in model.get_weights()])
     return (weights, sam) if return_model else weights
 
 

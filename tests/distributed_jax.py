@@ -3,10 +3,12 @@
 `python distributed_jax.py OUT.npz`, with
 `XLA_FLAGS=--xla_force_host_platform_device_count=4` (set before JAX
 starts), trains every case of `CASES` on one device and under
-`DataParallel`; `sam` and `nusam` also under `ModelParallel` on a 2 x 2
-mesh, for the MLP with both Dense kernels sharded and for an attention model
-with its EinsumDense kernels sharded by heads; and saves the flat weights, and
-the error that `ascent="per_replica"` raises under `DataParallel`.
+`DataParallel` (all under one distribution, between two plain models,
+then the models of `SEQUENCE`, each under a new one); `sam` and `nusam` also
+under `ModelParallel` on a 2 x 2 mesh, for the MLP with both Dense kernels
+sharded and for an attention model with its EinsumDense kernels sharded by
+heads; and saves the flat weights, and the error that `ascent="per_replica"`
+raises under `DataParallel`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ os.environ["KERAS_BACKEND"] = "jax"
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from distributed import CASES, train  # noqa: E402
+from distributed import CASES, SEQUENCE, train  # noqa: E402
 from helpers import compile_sgd  # noqa: E402
 
 from keras_sam import SAMModel  # noqa: E402
@@ -75,17 +77,22 @@ def train_attention(method: str, return_model: bool = False):
 def main(path: str) -> None:
     devices = keras.distribution.list_devices()
     assert len(devices) == 4, devices
-    out = {}
+    out = {"plain/single": train("plain")}
     for name in CASES:
         out[f"{name}/single"] = train(name)
     with keras.distribution.DataParallel(devices=devices).scope():
+        out["plain/first"] = train("plain")  # several models, one scope
         for name in CASES:
             out[f"{name}/data_parallel"] = train(name)
+        out["plain/last"] = train("plain")
         try:
             train("sam", ascent="per_replica")
             out["per_replica_error"] = np.str_("")
         except NotImplementedError as e:
             out["per_replica_error"] = np.str_(str(e))
+    for i, name in enumerate(SEQUENCE):  # a new distribution per model
+        with keras.distribution.DataParallel(devices=devices).scope():
+            out[f"sequence/global/{i}"] = train(name)
     for prefix, run, layouts in (
         ("", train, MLP_LAYOUTS),
         ("attention_", train_attention, ATTENTION_LAYOUTS),

@@ -2,10 +2,11 @@
 
 `python distributed_tf.py OUT.npz` (in a fresh process: logical devices must
 be configured before TensorFlow starts) trains every case of `CASES` on one
-device, and on two replicas with `ascent="global"` and `"per_replica"`; it
-saves the flat weights after each run and, for the distributed runs, the
-largest difference between the two replicas' copies of any variable (the
-SAM state included).
+device, and on two replicas with `ascent="global"` and `"per_replica"`, all
+under one strategy between two plain models; then the models of `SEQUENCE`,
+each under a new strategy, for both ascents. It saves the flat weights after
+each run and, for the distributed runs, the largest difference between the
+two replicas' copies of any variable (the SAM state included).
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ tf.config.set_logical_device_configuration(
     [tf.config.LogicalDeviceConfiguration()] * 2,
 )
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from distributed import CASES, train  # noqa: E402
+from distributed import CASES, SEQUENCE, train  # noqa: E402
+from helpers import reference_mlp, toy_classification  # noqa: E402
+from reference import init_params  # noqa: E402
+
+from keras_sam import SAMModel  # noqa: E402
 
 
 def spread(strategy, model) -> float:
@@ -38,9 +44,30 @@ def spread(strategy, model) -> float:
     return out
 
 
+def skipped_steps() -> np.ndarray:
+    """`sam_skipped` of an epoch of 4 steps whose second has a NaN input."""
+    x, y = toy_classification(64)
+    x[17, 0] = np.nan
+    sam = SAMModel(reference_mlp(init_params()))
+    sam.compile(
+        optimizer=keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1)
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = sam.fit(x, y, batch_size=16, shuffle=False, verbose=0)
+    return np.array(history.history["sam_skipped"])
+
+
+def mirrored():
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 def main(path: str) -> None:
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    out = {}
+    out = {"plain/single": train("plain")}
+    strategy = mirrored()
+    with strategy.scope():  # several models under one strategy
+        out["plain/first"] = train("plain")
     for name in CASES:
         out[f"{name}/single"] = train(name)
         for ascent in ("global", "per_replica"):
@@ -48,6 +75,14 @@ def main(path: str) -> None:
                 weights, sam = train(name, ascent=ascent, return_model=True)
             out[f"{name}/{ascent}"] = weights
             out[f"{name}/{ascent}/spread"] = np.float64(spread(strategy, sam))
+    with strategy.scope():
+        out["plain/last"] = train("plain")
+        out["sam_skipped"] = skipped_steps()
+    for ascent in ("global", "per_replica"):
+        for i, name in enumerate(SEQUENCE):
+            options = {} if name == "plain" else {"ascent": ascent}
+            with mirrored().scope():  # a new strategy per model
+                out[f"sequence/{ascent}/{i}"] = train(name, **options)
     np.savez(path, **out)
 
 

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import BACKEND
-from distributed import CASES, reference, train
+from distributed import CASES, SEQUENCE, reference, train
 from processes import HERE, environment, run_python
 
 pytestmark = pytest.mark.slow
@@ -66,6 +66,47 @@ def test_replicas_hold_identical_weights_and_state(mirrored, case, ascent):
     assert mirrored[f"{case}/{ascent}/spread"] == 0.0
 
 
+def _expected(name: str, runs: dict, replicas: int | None = None):
+    """What model `name` trains to on one device (the reference for SAM)."""
+    if name == "plain":
+        return runs["plain/single"]
+    return reference(name, replicas=replicas)
+
+
+@tf_only
+@pytest.mark.parametrize("ascent", ["global", "per_replica"])
+def test_mirrored_models_in_sequence_each_with_a_new_strategy(mirrored, ascent):
+    """A notebook or a sweep: plain Keras models and SAMModels of several
+    presets trained one after the other in one process, each under a new
+    MirroredStrategy (TensorFlow numbers every strategy's collectives alike;
+    a SAMModel's strategy takes keys of its own). Each equals its run on
+    one device (its per-replica reference with `"per_replica"`)."""
+    replicas = 2 if ascent == "per_replica" else None
+    for i, name in enumerate(SEQUENCE):
+        np.testing.assert_allclose(
+            mirrored[f"sequence/{ascent}/{i}"],
+            _expected(name, mirrored, replicas),
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=f"model {i} ({name})",
+        )
+
+
+@tf_only
+def test_plain_models_under_the_strategy_of_sam_models(mirrored):
+    """Plain Keras models before and after every SAMModel of the suite under
+    one strategy train as on one device."""
+    for key in ("plain/first", "plain/last"):
+        np.testing.assert_allclose(
+            mirrored[key], mirrored["plain/single"], atol=1e-6
+        )
+
+
+@tf_only
+def test_skipped_steps_are_counted_once_over_the_replicas(mirrored):
+    np.testing.assert_array_equal(mirrored["sam_skipped"], [1.0])
+
+
 @tf_only
 @pytest.mark.parametrize("case", list(CASES))
 def test_jit_compile_on_one_device(case):
@@ -102,6 +143,25 @@ def test_data_parallel_equals_one_device(distributed_jax, case):
     np.testing.assert_allclose(
         distributed_jax[f"{case}/single"], reference(case), rtol=1e-5, atol=1e-6
     )
+
+
+@jax_only
+def test_data_parallel_models_in_sequence(distributed_jax):
+    """Plain Keras models and SAMModels one after the other in one process,
+    each under a new `DataParallel` distribution, and plain models under the
+    distribution of every SAMModel of the suite: each as on one device."""
+    for i, name in enumerate(SEQUENCE):
+        np.testing.assert_allclose(
+            distributed_jax[f"sequence/global/{i}"],
+            _expected(name, distributed_jax),
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=f"model {i} ({name})",
+        )
+    for key in ("plain/first", "plain/last"):
+        np.testing.assert_allclose(
+            distributed_jax[key], distributed_jax["plain/single"], atol=1e-6
+        )
 
 
 @jax_only

@@ -173,7 +173,7 @@ def test_get_config_round_trip():
     )
     restored = LAMB.from_config(optimizer.get_config())
     assert restored.get_config() == optimizer.get_config()
-    assert restored.lamb_weight_decay == 0.1
+    assert restored.weight_decay == 0.1
 
 
 def test_callable_exclusion_cannot_be_serialized():
@@ -202,3 +202,100 @@ def test_callable_exclusion_cannot_be_serialized():
 def test_invalid_arguments(kwargs, error, fragment):
     with pytest.raises(error, match=fragment):
         LAMB(**kwargs)
+
+
+def _decayed_after_one_zero_gradient_step(optimizer, before_build=True):
+    """The kernel and bias of a Dense layer (all ones) after one step with
+    zero gradients: only the weight decay moves them. Trust ratio 1: the
+    update is `lr * weight_decay * w` for a decayed variable."""
+    variables = [
+        keras.Variable(np.ones((2, 2), "float32"), name="kernel"),
+        keras.Variable(np.ones((2,), "float32"), name="bias"),
+    ]
+    if not before_build:
+        optimizer.build(variables)
+    call = optimizer.exclude_from_weight_decay_call
+    optimizer.exclude_from_weight_decay(**call)
+    optimizer.apply([ops.zeros(v.shape) for v in variables], variables)
+    return [float(ops.convert_to_numpy(v.value).ravel()[0]) for v in variables]
+
+
+@pytest.mark.parametrize("before_build", [True, False])
+@pytest.mark.parametrize(
+    "call, expected",
+    [
+        ({"var_names": ["kernel"]}, [1.0, 0.5]),
+        ({"var_names": ["bias"]}, [0.5, 1.0]),
+        ({"var_names": ["kernel", "bias"]}, [1.0, 1.0]),
+        ({}, [0.5, 0.5]),
+    ],
+)
+def test_keras_exclude_from_weight_decay_method(call, expected, before_build):
+    """Keras' own `optimizer.exclude_from_weight_decay(var_names=...)` (the
+    AdamW idiom) excludes variables as the constructor's option does, before
+    or after the optimizer is built; each call replaces the last, as in
+    Keras. Nothing else excludes here (`exclude_from_weight_decay=[]`)."""
+    optimizer = LAMB(
+        1.0,
+        weight_decay=0.5,
+        exclude_from_weight_decay=[],
+        exclude_from_layer_adaptation=lambda v: True,
+    )
+    optimizer.exclude_from_weight_decay_call = call
+    assert (
+        _decayed_after_one_zero_gradient_step(optimizer, before_build)
+        == expected
+    )
+
+
+def test_keras_exclude_from_weight_decay_method_with_var_list():
+    variables = [
+        keras.Variable(np.ones((2, 2), "float32"), name="kernel"),
+        keras.Variable(np.ones((2, 2), "float32"), name="kernel"),
+    ]
+    optimizer = LAMB(
+        1.0, weight_decay=0.5, exclude_from_layer_adaptation=lambda v: True
+    )
+    optimizer.exclude_from_weight_decay(var_list=variables[:1])
+    optimizer.apply([ops.zeros(v.shape) for v in variables], variables)
+    values = [float(ops.convert_to_numpy(v.value)[0, 0]) for v in variables]
+    assert values == [1.0, 0.5]
+
+
+def test_weight_decay_attribute_is_lambs():
+    """`optimizer.weight_decay` reads the coefficient, as on every Keras
+    optimizer; the base class applies no decoupled decay on top of LAMB's
+    (one step decays by `lr * weight_decay`, not twice that)."""
+    optimizer = LAMB(0.5, weight_decay=0.1)
+    assert optimizer.weight_decay == 0.1
+    assert optimizer.get_config()["weight_decay"] == 0.1
+    kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+    optimizer.apply([ops.zeros(kernel.shape)], [kernel])
+    # Trust ratio ||w|| / ||0.1 w|| = 10: w - 0.5 * 10 * 0.1 w = 0.5 w.
+    np.testing.assert_allclose(ops.convert_to_numpy(kernel.value), 0.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"loss_scale_factor": 128.0},
+        {"clipvalue": 0.1},
+        {"use_ema": True, "ema_momentum": 0.5, "ema_overwrite_frequency": 2},
+    ],
+)
+def test_other_base_optimizer_keywords_act(kwargs):
+    """Each keyword changes the trajectory as on any Keras optimizer: a
+    loss scale factor is divided out (same trajectory as without), value
+    clipping clips, and the EMA overwrites the weights every 2 steps."""
+    weights, grads = _problem(steps=4)
+    plain = _run(LAMB(0.01), weights, grads)
+    changed = _run(LAMB(0.01, **kwargs), weights, grads)
+    if "loss_scale_factor" in kwargs:
+        scaled = [{n: g[n] * 128.0 for n in g} for g in grads]
+        _assert_trajectory(_run(LAMB(0.01, **kwargs), weights, scaled), plain)
+    elif "clipvalue" in kwargs:
+        clipped = [{n: np.clip(g[n], -0.1, 0.1) for n in g} for g in grads]
+        expected = lamb(weights, clipped, lr=0.01, no_adaptation=RANK1)
+        _assert_trajectory(changed, expected)
+    else:
+        assert not np.allclose(changed[-1]["kernel"], plain[-1]["kernel"])

@@ -187,3 +187,76 @@ def test_zero_then_nan_gradients(method):
     plain.train_on_batch(x, y)
     _assert_equal(_numpy(model.inner.weights), _numpy(plain.weights))
     _assert_equal(_state(model), state)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("policy", ["float16", "bfloat16"])
+def test_half_precision_variables_with_large_gradients(method, policy):
+    """Half-precision variables, no loss scaling, and gradients whose norm
+    exceeds 256, so that a sum of squares taken in float16 passes its maximum
+    (65504): every norm is float32, so the steps are finite, the SAM state
+    (the counter included) advances on every step and the perturbation is
+    the float32 run's."""
+    x, y = toy_classification(16)
+    weight = np.full(16, 1e3, "float32")  # gradient entries of order 100
+    models = {}
+    for name in ("float32", policy):
+        with _policy(name):
+            models[name] = _sam(method, optimizer=keras.optimizers.SGD(1e-6))
+    # The same initial weights, in half precision.
+    models[policy].inner.set_weights(models["float32"].inner.get_weights())
+    runs = {
+        name: (
+            model,
+            [
+                model.train_on_batch(
+                    x, y, sample_weight=weight, return_dict=True
+                )
+                for _ in range(3)
+            ],
+        )
+        for name, model in models.items()
+    }
+    model, logs = runs[policy]
+    assert int(keras.ops.convert_to_numpy(model._iterations.value)) == 3
+    assert _all_finite(_state(model))
+    ascents = [0, 2] if _options(method) else [0, 1, 2]
+    sharpness = np.array([logs[i]["sharpness"] for i in ascents])
+    assert np.isfinite(sharpness).all()
+    if policy == "float16":
+        # eps = 0 would make pass 2 repeat pass 1: a sharpness of 0. Three
+        # steps at lr 1e-6: both runs see the same weights to half
+        # precision, so their perturbations raise the loss alike. (A loss
+        # of ~1e3 has a resolution of 8 in bfloat16: no such comparison.)
+        assert (sharpness != 0).all()
+        expected = [runs["float32"][1][i]["sharpness"] for i in ascents]
+        np.testing.assert_allclose(sharpness, expected, rtol=0.1, atol=0.5)
+
+
+@pytest.mark.parametrize("method", ["sam", "looksam", "nusam"])
+def test_skipped_steps_are_counted_in_the_logs(method):
+    """A step whose gradient is not finite leaves the SAM state as it was
+    (the counter included), and `sam_skipped` says so: the number of such
+    steps in each epoch, in the training logs only."""
+    x, y = toy_classification(32)
+    x[9, 0] = np.nan  # in the second of four batches
+    model = _sam(
+        method,
+        optimizer=keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1)
+        ),
+    )
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        shuffle=False,
+        validation_data=(x[:8], y[:8]),
+        verbose=0,
+    )
+    assert history.history["sam_skipped"] == [1.0, 1.0]
+    assert np.isfinite(history.history["sharpness"]).all()
+    assert "val_sam_skipped" not in history.history
+    assert int(keras.ops.convert_to_numpy(model._iterations.value)) == 6
+    assert _all_finite(_numpy(model.inner.weights) + _state(model))

@@ -27,6 +27,14 @@ def _adapter(name: str):
     return importlib.import_module(f"keras_sam.backend.{name}")
 
 
+def on_create(model) -> None:
+    """What the backend sets up for a new `SAMModel`: under a TensorFlow
+    `MirroredStrategy`, collective keys of the strategy's own."""
+    if keras.backend.backend() == "tensorflow":
+        strategy = model.distribute_strategy
+        _adapter("tensorflow").isolate_collectives(strategy)
+
+
 def train_step(model, *args):
     """The SAM train step of the active backend."""
     return _adapter(keras.backend.backend()).train_step(model, *args)

@@ -89,16 +89,18 @@ def train_step(model, state, data):
 
     with keras.StatelessScope(state_mapping=optimizer_mapping):
         loss_scale = model.loss_scale()
-    final, new_state, sharpness, ascent, after = model.descent_gradients(
-        plan,
-        grads,
-        trainable,
-        keras.tree.map_structure(
-            lambda v: non_trainable[index[id(v)]], state_variables
-        ),
-        loss,
-        second_pass,
-        loss_scale,
+    final, new_state, sharpness, ascent, after, skipped = (
+        model.descent_gradients(
+            plan,
+            grads,
+            trainable,
+            keras.tree.map_structure(
+                lambda v: non_trainable[index[id(v)]], state_variables
+            ),
+            loss,
+            second_pass,
+            loss_scale,
+        )
     )
     new_non_trainable = list(new_non_trainable)
     for v, value in zip(
@@ -114,6 +116,7 @@ def train_step(model, state, data):
     mapping = list(zip(model.metrics_variables, metrics_values))
     with keras.StatelessScope(state_mapping=mapping) as scope:
         model._sharpness_tracker.update_state(sharpness, sample_weight=ascent)
+        model._skipped_tracker.update_state(skipped)
     metrics_values = [
         scope.get_current_value(v)
         if scope.get_current_value(v) is not None

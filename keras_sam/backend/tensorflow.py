@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import weakref
+
 import keras
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution
@@ -54,6 +57,41 @@ def _restore_after(values):
     if tf.executing_eagerly():
         return lambda i: []
     return lambda i: values[i].consumers()
+
+
+# Group keys per strategy: TensorFlow's own tests space their strategies'
+# collectives this far apart (`strategy_combinations.py`).
+_KEY_SPACING = 100_000
+_key_bases = itertools.count(_KEY_SPACING, _KEY_SPACING)
+_isolated = weakref.WeakSet()
+
+
+def isolate_collectives(strategy) -> None:
+    """Gives `strategy` collective keys of its own, once.
+
+    Every `MirroredStrategy` numbers its collectives from the same group
+    key, and TensorFlow's runtime keeps the shape it first saw under each
+    (group, instance) key for the rest of the process. Two strategies whose
+    models all-reduce differently shaped tensors (two Keras models of
+    different sizes: SAM's step all-reduces more than a plain one) then fail
+    with "Shape mismatch in the collective instance ...". A strategy that
+    trains a `SAMModel` draws its keys from a range no other strategy uses,
+    as TensorFlow's tests do with `MirroredStrategy._collective_key_base`;
+    the others keep theirs.
+    """
+    extended = strategy.extended
+    if (
+        not isinstance(strategy, tf.distribute.MirroredStrategy)
+        or strategy in _isolated
+        or not hasattr(extended, "_make_collective_ops_with_fallbacks")
+    ):
+        return
+    _isolated.add(strategy)
+    collective = extended._collective_ops
+    extended._collective_key_base = next(_key_bases)
+    extended._collective_ops = extended._make_collective_ops_with_fallbacks()
+    if extended._cross_device_ops is collective:
+        extended._cross_device_ops = extended._collective_ops
 
 
 def _replicas() -> Replicas:
@@ -148,7 +186,7 @@ def train_step(model, data):
             )
         return loss_2, grads_2, values
 
-    final, new_state, sharpness, ascent, _ = model.descent_gradients(
+    final, new_state, sharpness, ascent, _, skipped = model.descent_gradients(
         plan,
         grads,
         [_read(v) for v in variables],
@@ -165,5 +203,7 @@ def train_step(model, data):
     model._sharpness_tracker.update_state(
         unscale_loss_for_distribution(sharpness), sample_weight=ascent
     )
+    # The flag is all-reduced: every replica counts the same steps.
+    model._skipped_tracker.update_state(skipped)
     with model.logging_sharpness():
         return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

@@ -163,19 +163,22 @@ def train_step(model, data):
         return loss_2.detach(), [v.value.grad for v in variables], values
 
     with torch.no_grad():
-        final, new_state, sharpness, ascent, _ = model.descent_gradients(
-            plan,
-            grads,
-            [v.value.detach() for v in variables],
-            keras.tree.map_structure(lambda v: v.value, state_variables),
-            loss.detach(),
-            second_pass,
-            model.loss_scale(),
+        final, new_state, sharpness, ascent, _, skipped = (
+            model.descent_gradients(
+                plan,
+                grads,
+                [v.value.detach() for v in variables],
+                keras.tree.map_structure(lambda v: v.value, state_variables),
+                loss.detach(),
+                second_pass,
+                model.loss_scale(),
+            )
         )
         model.optimizer.apply(final, variables)
         keras.tree.map_structure(
             lambda v, value: v.assign(value), state_variables, new_state
         )
     model._sharpness_tracker.update_state(sharpness, sample_weight=ascent)
+    model._skipped_tracker.update_state(skipped)
     with model.logging_sharpness():
         return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

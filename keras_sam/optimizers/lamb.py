@@ -77,8 +77,9 @@ class LAMB(keras.optimizers.Optimizer):
         exclude_from_weight_decay: which variables get no weight decay: a
             list of regular expressions searched in `variable.path`, a
             callable `variable -> bool`, or `None` for every variable of rank
-            <= 1 (biases and normalization scales and offsets). Defaults to
-            `None`.
+            <= 1 (biases and normalization scales and offsets). Keras'
+            `exclude_from_weight_decay(var_list=..., var_names=...)` method
+            excludes more, as on any Keras optimizer. Defaults to `None`.
         exclude_from_layer_adaptation: which variables keep a trust ratio of
             1, in the same forms; `None` uses `exclude_from_weight_decay`.
             Defaults to `None`.
@@ -129,15 +130,11 @@ class LAMB(keras.optimizers.Optimizer):
         _check_exclude(
             "exclude_from_layer_adaptation", exclude_from_layer_adaptation
         )
-        # The base class would apply a decoupled decay: LAMB's is in the
-        # update, so the base class gets none.
-        super().__init__(
-            learning_rate=learning_rate, name=name, weight_decay=None, **kwargs
-        )
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
-        self.lamb_weight_decay = weight_decay
+        self.weight_decay = weight_decay
         self.exclude_from_weight_decay_option = exclude_from_weight_decay
         self.exclude_from_layer_adaptation_option = (
             exclude_from_layer_adaptation
@@ -158,8 +155,34 @@ class LAMB(keras.optimizers.Optimizer):
         )
         # Resolved here, on the Keras variables: `update_step` may receive
         # the backend's own variable (a tf.Variable on TensorFlow).
-        self._decays = [not self._no_decay(v) for v in var_list]
+        self._resolve_weight_decay()
         self._adapts = [not self._no_adaptation(v) for v in var_list]
+
+    def _resolve_weight_decay(self) -> None:
+        """Which variables decay: those that neither the constructor's
+        `exclude_from_weight_decay` nor Keras' `exclude_from_weight_decay()`
+        method excludes."""
+        self._decays = [
+            not self._no_decay(v) and self._use_weight_decay(v)
+            for v in self._trainable_variables
+        ]
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Keras' exclusion method, on top of the constructor's option.
+
+        As on every Keras optimizer: `var_list` excludes those variables,
+        `var_names` every variable whose name contains one of the strings;
+        each call replaces the previous call's exclusions. It may be called
+        before or after the optimizer is built.
+        """
+        super().exclude_from_weight_decay(var_list, var_names)
+        if self.built:
+            self._resolve_weight_decay()
+
+    def _apply_weight_decay(self, variables):
+        # LAMB's decay is inside its update (`update_step`); the base class
+        # would apply a decoupled one on top.
+        return
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
@@ -177,8 +200,8 @@ class LAMB(keras.optimizers.Optimizer):
         update = (m / (1.0 - beta_1_power)) / (
             ops.sqrt(v / (1.0 - beta_2_power)) + self.epsilon
         )
-        if self.lamb_weight_decay and self._decays[index]:
-            update = update + self.lamb_weight_decay * variable
+        if self.weight_decay and self._decays[index]:
+            update = update + self.weight_decay * variable
         if self._adapts[index]:
             w_norm = ops.sqrt(ops.sum(ops.square(variable)))
             u_norm = ops.sqrt(ops.sum(ops.square(update)))
@@ -204,7 +227,7 @@ class LAMB(keras.optimizers.Optimizer):
                 "beta_1": self.beta_1,
                 "beta_2": self.beta_2,
                 "epsilon": self.epsilon,
-                "weight_decay": self.lamb_weight_decay,
+                "weight_decay": self.weight_decay,
                 "exclude_from_weight_decay": self._serializable_exclusion(
                     "exclude_from_weight_decay",
                     self.exclude_from_weight_decay_option,
