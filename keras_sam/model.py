@@ -18,7 +18,14 @@ from keras_sam.methods.geometry import Geometry, make_geometry, perturbation
 from keras_sam.methods.matrices import MatrixView, weight_matrices
 from keras_sam.methods.rank_one import RankOne
 from keras_sam.methods.tensors import all_finite, to_float32
-from keras_sam.options import NUCLEAR_GEOMETRIES, SAMOptions, resolve_options
+from keras_sam.options import (
+    NUCLEAR_GEOMETRIES,
+    OPTION_NAMES,
+    UNSET,
+    SAMOptions,
+    check_option_names,
+    resolve_options,
+)
 from keras_sam.replicas import ONE_REPLICA, Replicas
 from keras_sam.serialization import deserialize_option, serialize_option
 
@@ -47,6 +54,10 @@ def _constant(value):
         return ops.cast(ops.convert_to_tensor(value), dtype or "float32")
 
     return initializer
+
+
+# What `keras.Model` takes besides the options.
+_KERAS_KEYWORDS = frozenset({"name", "dtype", "trainable", "autocast"})
 
 
 class _StepCount(keras.metrics.Sum):
@@ -151,6 +162,12 @@ class SAMModel(keras.Model):
             `1.0` (fisher).
         normalize_bias: ASAM: rescale bias-like variables (`bias`, `beta`)
             too. Defaults to `False`.
+        layer_scale: LayerSAM's scale of variable `i`'s perturbation:
+            `"eq7"` (`rho * ||w_i|| / ||g||`, the paper's eq. 7, unbounded
+            as the gradient shrinks), `"layer"` (`rho * ||w_i||`: a fraction
+            `rho` of each variable's norm) or `"global"` (`rho * ||w_i|| /
+            ||w||`: a total radius `rho`); layer geometry only. Defaults to
+            `"eq7"`.
         friendly: F-SAM: ascend along `g - sigma * m`, `m` an EMA of the
             clean gradients. Defaults to the preset's value.
         ema_decay: F-SAM's `lambda`, in [0, 1). Defaults to `0.9`.
@@ -161,6 +178,12 @@ class SAMModel(keras.Model):
         k: the period of the ascents with `reuse`, an int >= 1. Defaults
             to `5`.
         alpha: LookSAM's reuse weight, in [0, 1]. Defaults to `0.7`.
+        reuse_scale: how LookSAM's reuse steps scale the stored `g_v` in
+            `g + alpha * c * g_v`: `"gradient"` (`c = ||g|| / ||g_v||`,
+            Alg. 1: a term of norm `alpha * ||g||` whatever `rho`),
+            `"stored"` (`c = 1`: `g_v` as the last ascent measured it) or
+            `"relative"` (`c = ||g|| / ||g_a||`, `g_a` the clean gradient of
+            that ascent). Defaults to `"gradient"`.
         power_iterations: nuSAM's warm-started power iterations per ascent,
             an int >= 1 (nuclear geometries). Defaults to `1`.
         ascent: `"global"` (the ascent uses the global-batch gradient) or
@@ -193,22 +216,24 @@ class SAMModel(keras.Model):
         self,
         model: keras.layers.Layer,
         method: str = "sam",
-        rho: float | Callable = 0.05,
+        rho: float | Callable = UNSET,
         *,
-        perturb: str | Callable | None = None,
-        start_step: int | None = None,
-        adaptive: str | None = None,
-        norm: str | None = None,
-        eta: float | None = None,
-        normalize_bias: bool | None = None,
-        friendly: bool | None = None,
-        ema_decay: float | None = None,
-        sigma: float | None = None,
-        reuse: str | None = None,
-        k: int | None = None,
-        alpha: float | None = None,
-        power_iterations: int | None = None,
-        ascent: str | None = None,
+        perturb: str | Callable = UNSET,
+        start_step: int = UNSET,
+        adaptive: str = UNSET,
+        norm: str = UNSET,
+        eta: float = UNSET,
+        normalize_bias: bool = UNSET,
+        layer_scale: str = UNSET,
+        friendly: bool = UNSET,
+        ema_decay: float = UNSET,
+        sigma: float = UNSET,
+        reuse: str | None = UNSET,
+        k: int = UNSET,
+        alpha: float = UNSET,
+        reuse_scale: str = UNSET,
+        power_iterations: int = UNSET,
+        ascent: str = UNSET,
         **kwargs: Any,
     ):
         if isinstance(model, SAMModel):
@@ -223,29 +248,10 @@ class SAMModel(keras.Model):
                 f"keras.layers.Layer); received model={model!r} of type "
                 f"{type(model).__name__}."
             )
-        # The arguments as given (the preset fills in the rest): the config.
-        arguments = {"method": method, "rho": rho}
-        arguments.update(
-            (name, value)
-            for name, value in dict(
-                perturb=perturb,
-                start_step=start_step,
-                adaptive=adaptive,
-                norm=norm,
-                eta=eta,
-                normalize_bias=normalize_bias,
-                friendly=friendly,
-                ema_decay=ema_decay,
-                sigma=sigma,
-                reuse=reuse,
-                k=k,
-                alpha=alpha,
-                power_iterations=power_iterations,
-                ascent=ascent,
-            ).items()
-            if value is not None
+        arguments = locals()
+        options = resolve_options(
+            method, **{name: arguments[name] for name in OPTION_NAMES}
         )
-        options = resolve_options(**arguments)
         if options.perturb == "norm" and not masks.normalization_layers(model):
             raise ValueError(
                 "`perturb='norm'` (SAM-ON) perturbs only the variables of "
@@ -254,12 +260,12 @@ class SAMModel(keras.Model):
                 f"model {model.name!r} has none. Use perturb='all', "
                 "'no_norm' or a callable. Received perturb='norm'."
             )
+        check_option_names(set(kwargs) - _KERAS_KEYWORDS)
         sam_backend.check_supported()
         super().__init__(**kwargs)
         sam_backend.on_create(self)
         self._inner = model
         self._options = options
-        self._arguments = arguments
         self._sharpness_tracker = keras.metrics.Mean(name="sharpness")
         self._skipped_tracker = _StepCount(name="sam_skipped")
         self._log_sharpness = False
@@ -304,7 +310,8 @@ class SAMModel(keras.Model):
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
             "model": keras.saving.serialize_keras_object(self._inner),
         }
-        for name, value in self._arguments.items():
+        config["method"] = self._options.method
+        for name, value in self._options.given().items():
             config[name] = serialize_option(name, value)
         return config
 
@@ -619,7 +626,11 @@ class SAMModel(keras.Model):
             g_v = state["g_v"]
             if o.reuse == "look":
                 # This replica's share of g_v (the projection is linear).
-                g_v = schedule.look_projection(g, _unscaled(g_s, loss_scale))
+                g_v = schedule.look_stored(
+                    g,
+                    schedule.look_projection(g, _unscaled(g_s, loss_scale)),
+                    o.reuse_scale,
+                )
             outputs = (g_s, sharpness, g_v, u, finite)
             if plan.views:
                 return (*outputs, restored)
@@ -630,7 +641,9 @@ class SAMModel(keras.Model):
             if o.reuse == "look":
                 # alpha = 0 before start_step: g + 0 * g_v == g exactly.
                 alpha = ops.where(active, o.alpha, 0.0)
-                reused = schedule.look_reuse(g, state["g_v"], alpha)
+                reused = schedule.look_reuse(
+                    g, state["g_v"], alpha, o.reuse_scale
+                )
                 if loss_scale is not None:
                     reused = [r * loss_scale for r in reused]
                 reused = replicas.share(reused)

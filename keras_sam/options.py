@@ -1,11 +1,13 @@
-"""SAMModel options: the presets of the method space and their validation.
+"""SAMModel options: one specification of every option, and the presets.
 
-Every SAM variant is a point on four independent axes (DESIGN §2): the mask
-(`perturb`), the direction source (`friendly`), the geometry (fixed by the
-method) and the schedule (`start_step`, `reuse`, `k`, `rho`). A preset names a
-point; options given explicitly override it. Every value is checked here, once,
-at construction, with an error that names the option, the value and what is
-allowed.
+Every SAM variant is a point on independent axes: the mask (`perturb`), the
+direction source (`friendly`), the geometry (fixed by the method, refined by
+`adaptive`, `norm`, `eta`, `layer_scale`, ...) and the schedule
+(`start_step`, `reuse`, `k`, `rho`). A preset names a point and the
+hyperparameters its paper recommends; options given explicitly override it.
+`OPTIONS` specifies each option once (its check, default and where it
+applies); `resolve_options` applies it, and the errors, `get_config` and the
+documentation tables follow from it.
 """
 
 from __future__ import annotations
@@ -13,45 +15,343 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
-import keras
 
-# preset name -> (geometry, preset overrides).
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "sam": ("l2", {}),
-    "samon": ("l2", {"perturb": "norm"}),
-    "asam": ("adaptive", {}),
-    "fisher": ("fisher", {}),
-    "fsam": ("l2", {"friendly": True}),
-    "fasam": ("adaptive", {"friendly": True}),
-    "layersam": ("layer", {}),
-    "looksam": ("l2", {"reuse": "look"}),
-    "looklayersam": ("layer", {"reuse": "look"}),
-    "samk": ("l2", {"reuse": "every_k"}),
-    "nusam": ("nuclear", {}),
-    "nusam_norm": ("nuclear_norm", {}),
-}
+class _Unset:
+    """The default of every option: "not given" (`None` is a value)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+UNSET: Any = _Unset()
+
+NUCLEAR_GEOMETRIES = ("nuclear", "nuclear_norm")
+
+
+class Point(NamedTuple):
+    """What decides where an option applies: the method's geometry and the
+    two structural options."""
+
+    geometry: str
+    friendly: bool
+    reuse: str | None
+
+
+# ---- Checks: each raises with the option, the value and what is allowed ----
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _received(name: str, value: Any) -> str:
+    return f"received {name}={value!r}."
+
+
+def check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if not isinstance(value, (str, type(None))) or value not in allowed:
+        raise ValueError(
+            f"`{name}` must be one of {list(allowed)}; "
+            + _received(name, value)
+        )
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` must be True or False; " + _received(name, value)
+        )
+
+
+def check_real(
+    name: str,
+    value: Any,
+    low: float,
+    high: float | None = None,
+    high_allowed: bool = False,
+) -> None:
+    """Checks `low <= value < high` (`<= high` with `high_allowed`;
+    `high=None`: no upper bound)."""
+    if high is None:
+        allowed = f"a float >= {low}"
+    else:
+        allowed = f"a float in [{low}, {high}{']' if high_allowed else ')'}"
+    if not _is_real(value):
+        raise TypeError(
+            f"`{name}` must be {allowed}; " + _received(name, value)
+        )
+    above = high is not None and (
+        value > high if high_allowed else value >= high
+    )
+    if not math.isfinite(value) or value < low or above:
+        raise ValueError(
+            f"`{name}` must be {allowed}; " + _received(name, value)
+        )
+
+
+def check_int(name: str, value: Any, low: int) -> None:
+    error = TypeError if not _is_int(value) else ValueError
+    if error is TypeError or value < low:
+        raise error(
+            f"`{name}` must be an int >= {low}; " + _received(name, value)
+        )
+
+
+def _check_rho(name: str, rho: Any) -> None:
+    allowed = (
+        "a float >= 0, a keras.optimizers.schedules.LearningRateSchedule or a "
+        "callable of the SAM step"
+    )
+    if _is_real(rho):
+        if not math.isfinite(rho) or rho < 0:
+            raise ValueError(
+                f"`rho` must be {allowed}; " + _received(name, rho)
+            )
+    elif not callable(rho):
+        raise TypeError(f"`rho` must be {allowed}; " + _received(name, rho))
+
 
 PERTURB_MASKS = ("all", "norm", "no_norm")
-ADAPTIVE_SCALINGS = ("elementwise", "layerwise")
-NORMS = ("l2", "linf")
-REUSE_MODES = (None, "look", "every_k")
-ASCENT_MODES = ("global", "per_replica")
 
-# Geometries that take the option; the default comes from the geometry.
-_ETA_DEFAULTS = {"adaptive": 0.01, "fisher": 1.0}
-_LINF_GEOMETRIES = ("l2", "adaptive")
-NUCLEAR_GEOMETRIES = ("nuclear", "nuclear_norm")
+
+def _check_perturb(name: str, value: Any) -> None:
+    if isinstance(value, str):
+        check_choice(name, value, PERTURB_MASKS)
+    elif not callable(value):
+        raise TypeError(
+            f"`perturb` must be one of {list(PERTURB_MASKS)} or a callable "
+            "`variable -> bool`; " + _received(name, value)
+        )
+
+
+def _choice(*allowed) -> Callable[[str, Any], None]:
+    return lambda name, value: check_choice(name, value, allowed)
+
+
+def _real(low, high=None, high_allowed=False) -> Callable[[str, Any], None]:
+    return lambda name, value: check_real(name, value, low, high, high_allowed)
+
+
+def _int(low: int) -> Callable[[str, Any], None]:
+    return lambda name, value: check_int(name, value, low)
+
+
+# ---- The specification ----------------------------------------------------
+
+
+def _always(point: Point) -> bool:
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option of `SAMModel`.
+
+    Attributes:
+        name: the keyword.
+        check: `(name, value) -> None`; raises a `TypeError` or `ValueError`
+            that names the option, the value and what is allowed.
+        default: the value when neither the call nor the preset sets one: a
+            constant, or a function of the `Point`.
+        summary: what it does, in one line (the documentation tables).
+        applies: `Point -> bool`: where the option applies. Elsewhere giving
+            it is an error and its resolved value is `None`.
+        where: where it applies, in words, for that error.
+    """
+
+    name: str
+    check: Callable[[str, Any], None]
+    default: Any
+    summary: str
+    applies: Callable[[Point], bool] = _always
+    where: str = ""
+
+    def default_at(self, point: Point) -> Any:
+        return self.default(point) if callable(self.default) else self.default
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "rho",
+        _check_rho,
+        0.05,
+        "the radius: a float >= 0, a LearningRateSchedule or a callable of "
+        "the SAM step",
+    ),
+    Option(
+        "perturb",
+        _check_perturb,
+        "all",
+        "which variables are perturbed: 'all', 'norm', 'no_norm' or a "
+        "callable variable -> bool",
+    ),
+    Option(
+        "start_step",
+        _int(0),
+        0,
+        "steps before this one are plain base-optimizer steps",
+    ),
+    Option(
+        "adaptive",
+        _choice("elementwise", "layerwise"),
+        "elementwise",
+        "ASAM's operator: 'elementwise' (|w| + eta) or 'layerwise' "
+        "(||w_i|| + eta)",
+        lambda p: p.geometry == "adaptive",
+        "to the adaptive geometry (methods asam, fasam)",
+    ),
+    Option(
+        "norm",
+        _choice("l2", "linf"),
+        "l2",
+        "the ascent norm: 'l2', or 'linf' (l2 and adaptive geometries)",
+    ),
+    Option(
+        "eta",
+        _real(0.0),
+        lambda p: {"adaptive": 0.01, "fisher": 1.0}[p.geometry],
+        "ASAM's or Fisher-SAM's eta",
+        lambda p: p.geometry in ("adaptive", "fisher"),
+        "to the adaptive and fisher geometries (methods asam, fasam, fisher)",
+    ),
+    Option(
+        "normalize_bias",
+        lambda name, value: check_bool(name, value),
+        False,
+        "ASAM: rescale bias-like variables too",
+        lambda p: p.geometry == "adaptive",
+        "to the adaptive geometry (methods asam, fasam)",
+    ),
+    Option(
+        "layer_scale",
+        _choice("eq7", "layer", "global"),
+        "eq7",
+        "LayerSAM's scale: 'eq7' (rho ||w_i|| / ||g||), 'layer' "
+        "(rho ||w_i||) or 'global' (rho ||w_i|| / ||w||) per variable",
+        lambda p: p.geometry == "layer",
+        "to the layer geometry (methods layersam, looklayersam)",
+    ),
+    Option(
+        "friendly",
+        lambda name, value: check_bool(name, value),
+        False,
+        "F-SAM: ascend along g - sigma * m, m an EMA of the gradients",
+    ),
+    Option(
+        "ema_decay",
+        _real(0.0, 1.0),
+        0.9,
+        "F-SAM's lambda",
+        lambda p: p.friendly,
+        "with friendly=True (F-SAM)",
+    ),
+    Option(
+        "sigma",
+        _real(0.0),
+        1.0,
+        "F-SAM's sigma",
+        lambda p: p.friendly,
+        "with friendly=True (F-SAM)",
+    ),
+    Option(
+        "reuse",
+        _choice(None, "look", "every_k"),
+        None,
+        "between ascents: None (no reuse), 'look' (LookSAM) or 'every_k' "
+        "(SAM-k)",
+    ),
+    Option(
+        "k",
+        _int(1),
+        5,
+        "the period of the ascents with reuse",
+        lambda p: p.reuse is not None,
+        "with reuse='look' or reuse='every_k'",
+    ),
+    Option(
+        "alpha",
+        _real(0.0, 1.0, high_allowed=True),
+        0.7,
+        "LookSAM's reuse weight",
+        lambda p: p.reuse == "look",
+        "with reuse='look'",
+    ),
+    Option(
+        "reuse_scale",
+        _choice("gradient", "stored", "relative"),
+        "gradient",
+        "LookSAM's reuse term: 'gradient' (alpha ||g|| / ||g_v|| g_v, Alg. "
+        "1), 'stored' (alpha g_v) or 'relative' (alpha ||g|| / ||g_a|| g_v)",
+        lambda p: p.reuse == "look",
+        "with reuse='look'",
+    ),
+    Option(
+        "power_iterations",
+        _int(1),
+        1,
+        "nuSAM's warm-started power iterations per ascent",
+        lambda p: p.geometry in NUCLEAR_GEOMETRIES,
+        "to the nuclear geometries (methods nusam, nusam_norm)",
+    ),
+    Option(
+        "ascent",
+        _choice("global", "per_replica"),
+        "global",
+        "the gradient of the ascent on many devices: 'global' or 'per_replica'",
+    ),
+)
+OPTION_NAMES: tuple[str, ...] = tuple(o.name for o in OPTIONS)
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named point of the method space.
+
+    Attributes:
+        geometry: how the direction becomes the perturbation.
+        values: the options the preset sets (the point's structural options
+            and its paper's hyperparameters); every other option takes its
+            default.
+        paper: the paper that defines the method.
+    """
+
+    geometry: str
+    values: Mapping[str, Any]
+    paper: str
+
+
+PRESETS: dict[str, Preset] = {
+    "sam": Preset("l2", {}, "Foret et al., ICLR 2021"),
+    "samon": Preset("l2", {"perturb": "norm"}, "Mueller et al., NeurIPS 2023"),
+    "asam": Preset("adaptive", {}, "Kwon et al., ICML 2021"),
+    "fisher": Preset("fisher", {}, "Kim et al., ICML 2022"),
+    "fsam": Preset("l2", {"friendly": True}, "Li et al., CVPR 2024"),
+    "fasam": Preset("adaptive", {"friendly": True}, "Li et al., CVPR 2024"),
+    "layersam": Preset("layer", {}, "Liu et al., 2022"),
+    "looksam": Preset("l2", {"reuse": "look"}, "Liu et al., 2022"),
+    "looklayersam": Preset("layer", {"reuse": "look"}, "Liu et al., 2022"),
+    "samk": Preset("l2", {"reuse": "every_k"}, "Liu et al., 2022"),
+    "nusam": Preset("nuclear", {}, "Ahn et al., 2024"),
+    "nusam_norm": Preset("nuclear_norm", {}, "Ahn et al., 2024"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class SAMOptions:
-    """The resolved, validated options of a `SAMModel`.
+    """The resolved, validated options of a `SAMModel`: the preset applied,
+    the defaults filled in. Options that do not apply to the chosen point of
+    the method space are `None` (for example `k` without `reuse`).
 
-    Options that do not apply to the chosen point of the method space are
-    `None` (for example `k` without `reuse`).
+    The fields after `geometry` are those of `OPTIONS`, in its order; each
+    is documented in `SAMModel`.
     """
 
     method: str
@@ -63,244 +363,107 @@ class SAMOptions:
     norm: str
     eta: float | None
     normalize_bias: bool | None
+    layer_scale: str | None
     friendly: bool
     ema_decay: float | None
     sigma: float | None
     reuse: str | None
     k: int | None
     alpha: float | None
+    reuse_scale: str | None
     power_iterations: int | None
     ascent: str
 
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"`{name}` must be one of {list(allowed)}; received "
-            f"{name}={value!r}."
-        )
+    def given(self) -> dict[str, Any]:
+        """Every option that applies, as keywords: what `get_config` saves,
+        so that a loaded model keeps these values even if a preset's defaults
+        change."""
+        point = Point(self.geometry, self.friendly, self.reuse)
+        return {
+            o.name: getattr(self, o.name) for o in OPTIONS if o.applies(point)
+        }
 
 
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be True or False; received {name}={value!r}."
-        )
-
-
-def check_real(
-    name: str,
-    value: Any,
-    low: float,
-    high: float | None,
-    high_allowed: bool = False,
-) -> None:
-    """Checks `low <= value < high` (`<= high` with `high_allowed`;
-    `high=None`: no upper bound)."""
-    if high is None:
-        allowed = f"a float >= {low}"
-    else:
-        allowed = f"a float in [{low}, {high}{']' if high_allowed else ')'}"
-    if not _is_real(value):
-        raise TypeError(
-            f"`{name}` must be {allowed}; received {name}={value!r}."
-        )
-    above = high is not None and (
-        value > high if high_allowed else value >= high
-    )
-    if not math.isfinite(value) or value < low or above:
-        raise ValueError(
-            f"`{name}` must be {allowed}; received {name}={value!r}."
-        )
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if not _is_int(value):
-        raise TypeError(
-            f"`{name}` must be an int >= {low}; received {name}={value!r}."
-        )
-    if value < low:
-        raise ValueError(
-            f"`{name}` must be an int >= {low}; received {name}={value!r}."
-        )
-
-
-def _check_rho(rho: Any) -> None:
-    allowed = (
-        "a float >= 0, a keras.optimizers.schedules.LearningRateSchedule or a "
-        "callable of the SAM step"
-    )
-    if isinstance(rho, keras.optimizers.schedules.LearningRateSchedule):
-        return
-    if _is_real(rho):
-        if not math.isfinite(rho) or rho < 0:
-            raise ValueError(f"`rho` must be {allowed}; received rho={rho!r}.")
-        return
-    if callable(rho):
-        return
-    raise TypeError(f"`rho` must be {allowed}; received rho={rho!r}.")
-
-
-def _only_for(name: str, value: Any, applies: bool, where: str) -> None:
-    if value is not None and not applies:
-        raise ValueError(
-            f"`{name}` applies only {where}; received {name}={value!r}."
-        )
-
-
-def resolve_options(
-    method: str = "sam",
-    rho: Any = 0.05,
-    *,
-    perturb: Any = None,
-    start_step: int | None = None,
-    adaptive: str | None = None,
-    norm: str | None = None,
-    eta: float | None = None,
-    normalize_bias: bool | None = None,
-    friendly: bool | None = None,
-    ema_decay: float | None = None,
-    sigma: float | None = None,
-    reuse: str | None = None,
-    k: int | None = None,
-    alpha: float | None = None,
-    power_iterations: int | None = None,
-    ascent: str | None = None,
-) -> SAMOptions:
-    """Applies the preset of `method`, then the explicit options; checks all.
-
-    An option left as `None` takes the preset's value, or the default of
-    DESIGN §1. `reuse` cannot be reset to `None` explicitly (use a preset
-    without reuse instead).
-
-    Raises:
-        ValueError: for an unknown method or choice, a value out of range, or
-            an option given for a method it does not apply to.
-        TypeError: for a value of the wrong type.
-    """
+def _check_method(method: Any) -> Preset:
     if not isinstance(method, str):
         raise TypeError(
-            f"`method` must be a string, one of {sorted(PRESETS)}; received "
-            f"method={method!r}."
+            f"`method` must be a string, one of {sorted(PRESETS)}; "
+            + _received("method", method)
         )
     if method not in PRESETS:
         raise ValueError(
             f"Unknown `method`: {method!r}. Available presets: "
             f"{sorted(PRESETS)}."
         )
-    geometry, preset = PRESETS[method]
-    _check_rho(rho)
+    return PRESETS[method]
 
-    perturb = preset.get("perturb", "all") if perturb is None else perturb
-    if isinstance(perturb, str):
-        _check_choice("perturb", perturb, PERTURB_MASKS)
-    elif not callable(perturb):
+
+def check_option_names(names) -> None:
+    """Raises for a keyword that is not an option."""
+    unknown = sorted(set(names) - set(OPTION_NAMES))
+    if unknown:
         raise TypeError(
-            f"`perturb` must be one of {list(PERTURB_MASKS)} or a callable "
-            f"`variable -> bool`; received perturb={perturb!r}."
+            f"Unknown SAMModel option(s) {unknown}. The options are "
+            f"{list(OPTION_NAMES)} (and `method`); keras.Model takes `name`, "
+            "`dtype` and `trainable`."
         )
 
-    start_step = 0 if start_step is None else start_step
-    _check_int("start_step", start_step, 0)
 
-    _only_for(
-        "adaptive",
-        adaptive,
-        geometry == "adaptive",
-        "to the adaptive geometry (methods asam, fasam)",
-    )
-    if geometry == "adaptive":
-        adaptive = "elementwise" if adaptive is None else adaptive
-        _check_choice("adaptive", adaptive, ADAPTIVE_SCALINGS)
+def _value(option: Option, given: dict, preset: Preset, point) -> Any:
+    value = given.get(option.name, UNSET)
+    if value is UNSET:
+        value = preset.values.get(option.name, UNSET)
+    if value is UNSET:
+        value = option.default_at(point)
+    option.check(option.name, value)
+    return value
 
-    norm = "l2" if norm is None else norm
-    _check_choice("norm", norm, NORMS)
-    if norm == "linf" and geometry not in _LINF_GEOMETRIES:
+
+def _check_linf(method: str, geometry: str, norm: str) -> None:
+    if norm == "linf" and geometry not in ("l2", "adaptive"):
         raise ValueError(
-            f"`norm='linf'` applies only to the l2 and adaptive geometries "
-            f"(methods sam, samon, asam, fsam, fasam, looksam, samk); method "
+            "`norm='linf'` applies only to the l2 and adaptive geometries "
+            "(methods sam, samon, asam, fsam, fasam, looksam, samk); method "
             f"{method!r} uses the {geometry!r} geometry. Received norm='linf'."
         )
 
-    _only_for(
-        "eta",
-        eta,
-        geometry in _ETA_DEFAULTS,
-        "to the adaptive and fisher geometries (methods asam, fasam, fisher)",
+
+def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
+    """Applies the preset of `method`, then the options given; checks all.
+
+    An option that is not given (or is `UNSET`) takes the preset's value,
+    or else its default. An option given where it does not apply raises
+    before its value is checked.
+
+    Raises:
+        ValueError: for an unknown method or choice, a value out of range, or
+            an option given for a method it does not apply to.
+        TypeError: for a value of the wrong type or an unknown option.
+    """
+    check_option_names(given)
+    given = {n: v for n, v in given.items() if v is not UNSET}
+    preset = _check_method(method)
+    partial = Point(preset.geometry, False, None)
+    point = Point(
+        preset.geometry,
+        _value(_BY_NAME["friendly"], given, preset, partial),
+        _value(_BY_NAME["reuse"], given, preset, partial),
     )
-    if geometry in _ETA_DEFAULTS:
-        eta = _ETA_DEFAULTS[geometry] if eta is None else eta
-        check_real("eta", eta, 0.0, None)
-
-    _only_for(
-        "normalize_bias",
-        normalize_bias,
-        geometry == "adaptive",
-        "to the adaptive geometry (methods asam, fasam)",
-    )
-    if geometry == "adaptive":
-        normalize_bias = False if normalize_bias is None else normalize_bias
-        _check_bool("normalize_bias", normalize_bias)
-
-    friendly = preset.get("friendly", False) if friendly is None else friendly
-    _check_bool("friendly", friendly)
-    _only_for("ema_decay", ema_decay, friendly, "with friendly=True (F-SAM)")
-    _only_for("sigma", sigma, friendly, "with friendly=True (F-SAM)")
-    if friendly:
-        ema_decay = 0.9 if ema_decay is None else ema_decay
-        check_real("ema_decay", ema_decay, 0.0, 1.0)
-        sigma = 1.0 if sigma is None else sigma
-        check_real("sigma", sigma, 0.0, None)
-
-    reuse = preset.get("reuse") if reuse is None else reuse
-    _check_choice("reuse", reuse, REUSE_MODES)
-    _only_for("k", k, reuse is not None, "with reuse='look' or reuse='every_k'")
-    _only_for("alpha", alpha, reuse == "look", "with reuse='look'")
-    if reuse is not None:
-        k = 5 if k is None else k
-        _check_int("k", k, 1)
-    if reuse == "look":
-        alpha = 0.7 if alpha is None else alpha
-        check_real("alpha", alpha, 0.0, 1.0, high_allowed=True)
-
-    nuclear = geometry in NUCLEAR_GEOMETRIES
-    _only_for(
-        "power_iterations",
-        power_iterations,
-        nuclear,
-        "to the nuclear geometries (methods nusam, nusam_norm)",
-    )
-    if nuclear:
-        power_iterations = 1 if power_iterations is None else power_iterations
-        _check_int("power_iterations", power_iterations, 1)
-
-    ascent = "global" if ascent is None else ascent
-    _check_choice("ascent", ascent, ASCENT_MODES)
-
-    return SAMOptions(
-        method=method,
-        geometry=geometry,
-        rho=rho,
-        perturb=perturb,
-        start_step=int(start_step),
-        adaptive=adaptive,
-        norm=norm,
-        eta=None if eta is None else float(eta),
-        normalize_bias=normalize_bias,
-        friendly=friendly,
-        ema_decay=None if ema_decay is None else float(ema_decay),
-        sigma=None if sigma is None else float(sigma),
-        reuse=reuse,
-        k=None if k is None else int(k),
-        alpha=None if alpha is None else float(alpha),
-        power_iterations=power_iterations,
-        ascent=ascent,
-    )
+    values = {}
+    for option in OPTIONS:
+        if option.applies(point):
+            values[option.name] = _value(option, given, preset, point)
+        elif option.name in given:
+            raise ValueError(
+                f"`{option.name}` applies only {option.where}; "
+                + _received(option.name, given[option.name])
+            )
+        else:
+            values[option.name] = None
+    _check_linf(method, preset.geometry, values["norm"])
+    for name in ("eta", "ema_decay", "sigma", "alpha"):
+        if values[name] is not None:
+            values[name] = float(values[name])
+    if not callable(values["rho"]):
+        values["rho"] = float(values["rho"])
+    return SAMOptions(method=method, geometry=preset.geometry, **values)

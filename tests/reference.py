@@ -129,9 +129,11 @@ class Config:
     friendly: bool = False
     ema_decay: float = 0.9
     sigma: float = 1.0
+    layer_scale: str = "eq7"  # layer geometry: eq7 | layer | global
     reuse: str | None = None  # None | look | every_k
     k: int = 5
     alpha: float = 0.7
+    reuse_scale: str = "gradient"  # look: gradient | stored | relative
     start_step: int = 0
     rho: object = 0.05  # float, or a function of the SAM step t
     power_iterations: int = 1
@@ -181,6 +183,7 @@ class Reference:
         self.step_count = 0
         self.m = np.zeros(self.flat.size)  # F-SAM EMA, m_{-1} = 0
         self.g_v = np.zeros(self.flat.size)  # LookSAM's stored g_v
+        self.g_v_norm_at_ascent = 0.0  # ||g|| of the last ascent step
         self.mask = self.flat.indicator(config.perturbed)
         self.last_sharpness = None
         self.last_loss = None
@@ -262,19 +265,53 @@ class Reference:
         if c.geometry == "fisher":  # Kim et al.; SAM-ON Table 9
             T = m / np.sqrt(1.0 + c.eta * g**2)
             return self._diag_perturbation(d, T)
-        if c.geometry == "layer":  # LookSAM paper eq. 7, p = q = 2
-            eps = np.zeros(self.flat.size)
-            dn = np.linalg.norm(d)
-            for n in c.perturbed:
-                sl = self.flat.slices[n]
-                ratio = np.linalg.norm(theta[sl]) / (
-                    np.linalg.norm(g[sl]) + DELTA
-                )
-                eps[sl] = self.rho * ratio * d[sl] / (dn + DELTA)
-            return eps
+        if c.geometry == "layer":
+            return self._layer(g, d, theta)
         raise ValueError(c.geometry)
 
+    def _layer(self, g, d, theta):
+        """LayerSAM, per variable i (slices of the flat vectors):
+        eq7 (LookSAM paper eq. 7, p = q = 2): rho ||w_i|| / ||g_i|| d_i / ||d||;
+        layer: rho ||w_i|| d_i / ||d_i|| (a fraction rho of each norm);
+        global: rho ||w_i|| / ||w|| d_i / ||d_i|| (a total radius rho)."""
+        c = self.c
+        eps = np.zeros(self.flat.size)
+        w_total = np.linalg.norm(theta * self.mask)
+        for n in c.perturbed:
+            sl = self.flat.slices[n]
+            w_norm = np.linalg.norm(theta[sl])
+            if c.layer_scale == "eq7":
+                scale = w_norm / (np.linalg.norm(g[sl]) + DELTA)
+                unit = d[sl] / (np.linalg.norm(d) + DELTA)
+            else:
+                scale = w_norm
+                if c.layer_scale == "global":
+                    scale = w_norm / (w_total + DELTA)
+                unit = d[sl] / (np.linalg.norm(d[sl]) + DELTA)
+            eps[sl] = self.rho * scale * unit
+        return eps
+
     # -- one training step --------------------------------------------------
+
+    def _look_store(self, g, g_s):
+        """LookSAM Alg. 1: g_v = g_s - ||g_s|| cos(theta) g / ||g||, and the
+        clean gradient's norm at this ascent (for reuse_scale="relative")."""
+        cos_term = np.dot(g, g_s) / (np.dot(g, g) + DELTA)
+        self.g_v = g_s - cos_term * g
+        self.g_v_norm_at_ascent = np.linalg.norm(g)
+
+    def _look_reuse(self, g):
+        """The reuse step: g + alpha c g_v, with c = ||g|| / ||g_v|| (Alg.
+        1, "gradient"), 1 ("stored") or ||g|| / ||g at the ascent||
+        ("relative")."""
+        c = self.c
+        if c.reuse_scale == "gradient":
+            factor = np.linalg.norm(g) / (np.linalg.norm(self.g_v) + DELTA)
+        elif c.reuse_scale == "stored":
+            factor = 1.0
+        else:
+            factor = np.linalg.norm(g) / (self.g_v_norm_at_ascent + DELTA)
+        return g + c.alpha * factor * self.g_v
 
     def step(self, x, y, sample_weight=None):
         c = self.c
@@ -297,18 +334,11 @@ class Reference:
             eps = self.epsilon(g, d, self.theta)
             loss_s, g_s = self.grad(self.theta + eps, x, y, sample_weight)
             self.last_sharpness = loss_s - loss
-            if c.reuse == "look":  # LookSAM Alg. 1: g_v = g_s - proj_g g_s
-                cos_term = np.dot(g, g_s) / (np.dot(g, g) + DELTA)
-                self.g_v = g_s - cos_term * g
+            if c.reuse == "look":
+                self._look_store(g, g_s)
             update = g_s
-        elif c.reuse == "look":  # g + alpha ||g|| / ||g_v|| g_v
-            update = (
-                g
-                + c.alpha
-                * np.linalg.norm(g)
-                / (np.linalg.norm(self.g_v) + DELTA)
-                * self.g_v
-            )
+        elif c.reuse == "look":
+            update = self._look_reuse(g)
         else:  # SAM-k: plain gradient between ascents
             update = g
         self.theta = self.theta - self.lr * update
@@ -356,16 +386,10 @@ def step_per_replica(ref: Reference, x, y, replicas: int) -> None:
             ref.epsilon(g, direction(g), ref.theta)
         g_s = np.mean(descent, axis=0)
         if c.reuse == "look":
-            ref.g_v = g_s - np.dot(g, g_s) / (np.dot(g, g) + DELTA) * g
+            ref._look_store(g, g_s)
         update = g_s
     elif c.reuse == "look":
-        update = (
-            g
-            + c.alpha
-            * np.linalg.norm(g)
-            / (np.linalg.norm(ref.g_v) + DELTA)
-            * ref.g_v
-        )
+        update = ref._look_reuse(g)
     else:
         update = g
     ref.theta = ref.theta - ref.lr * update

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from keras_sam import cli, demo
@@ -18,26 +19,36 @@ def few_digits(monkeypatch):
     monkeypatch.setattr(demo, "load_digits", lambda: subset)
 
 
+def test_label_noise_replaces_a_fraction_by_wrong_labels():
+    labels = np.arange(1000) % 10
+    noisy = demo.with_label_noise(labels, 0.3, seed=1)
+    assert np.sum(noisy != labels) == 300
+    assert set(np.unique(noisy)) == set(range(10))
+    np.testing.assert_array_equal(demo.with_label_noise(labels, 0.0), labels)
+
+
 def test_demo_trains_prints_a_table_and_writes_the_plot(
     tmp_path, capsys, few_digits
 ):
     plot = tmp_path / "demo.png"
     argv = ["demo", "--methods", "looklayersam", "--epochs", "3"]
-    cli.main([*argv, "--plot", str(plot)])
+    cli.main([*argv, "--seeds", "2", "--plot", str(plot)])
     out = capsys.readouterr().out
+    assert "30% of the training labels wrong" in out
     assert "Epoch 3/3" in out  # Keras' progress bars
     table = out[out.index("test acc") :].splitlines()[1:3]
     rows = {line.split()[0]: line.split()[1:] for line in table}
     # Look-LayerSAM trains with LAMB: its time is relative to LAMB's alone.
     assert list(rows) == ["base_lamb", "looklayersam"]
-    for optimizer, accuracy, ratio, _, _ in rows.values():
-        assert optimizer == "lamb"
-        assert 0.0 <= float(accuracy) <= 1.0
+    for optimizer, mean, pm, std, train, ratio, _, _ in rows.values():
+        assert optimizer == "lamb" and pm == "±"
+        assert 0.0 <= float(mean) <= 1.0 and float(std) >= 0.0
+        assert 0.0 <= float(train) <= 1.0
         assert float(ratio) > 0
     # LookSAM keeps g_v: one value per parameter.
     parameters = demo.make_model().count_params()
-    assert rows["base_lamb"][3:] == ["0", "0.00%"]
-    assert rows["looklayersam"][3:] == [str(parameters), "100.00%"]
+    assert rows["base_lamb"][6:] == ["0", "0.00%"]
+    assert rows["looklayersam"][6:] == [str(parameters), "100.00%"]
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
@@ -46,6 +57,8 @@ def test_demo_trains_prints_a_table_and_writes_the_plot(
     [
         (["demo", "--methods", "bogus"], "unknown methods ['bogus']"),
         (["demo", "--epochs", "1"], "--epochs must be >= 2"),
+        (["demo", "--noise", "0.95"], "--noise must be in [0, 0.9)"),
+        (["demo", "--seeds", "0"], "--seeds must be >= 1"),
         (["demo", "--model", "resnet"], "invalid choice: 'resnet'"),
         (["train"], "invalid choice: 'train'"),
         ([], "the following arguments are required: command"),

@@ -92,13 +92,30 @@ def test_layer_scales_each_variable_by_its_weight_to_gradient_ratio():
     ]
     eps = geometry.layer(D_T, G_T, W_T, RHO)
     _close(eps, expected)
-    # With d = g: ||eps_i|| = rho * ||w_i|| / ||g|| (DESIGN §3).
+    # With d = g: ||eps_i|| = rho * ||w_i|| / ||g||, unbounded as g -> 0.
     eps = _np(geometry.layer(G_T, G_T, W_T, RHO))
     g_norm = np.linalg.norm(_flat(G))
     for e, w in zip(eps, W):
         np.testing.assert_allclose(
             np.linalg.norm(e), RHO * np.linalg.norm(w) / g_norm, rtol=1e-5
         )
+
+
+def test_layer_scale_layer_moves_each_variable_by_rho_of_its_norm():
+    eps = _np(geometry.layer(D_T, G_T, W_T, RHO, scale="layer"))
+    for e, d, w in zip(eps, D, W):
+        np.testing.assert_allclose(
+            e, RHO * np.linalg.norm(w) * d / np.linalg.norm(d), rtol=1e-5
+        )
+
+
+def test_layer_scale_global_has_radius_rho_shared_by_weight_norms():
+    eps = _np(geometry.layer(D_T, G_T, W_T, RHO, scale="global"))
+    w_norm = np.linalg.norm(_flat(W))
+    for e, d, w in zip(eps, D, W):
+        expected = RHO * np.linalg.norm(w) / w_norm * d / np.linalg.norm(d)
+        np.testing.assert_allclose(e, expected, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(_flat(eps)), RHO, rtol=1e-5)
 
 
 GEOMETRIES = {
@@ -109,6 +126,8 @@ GEOMETRIES = {
     ),
     "fisher": lambda d, g: geometry.fisher(d, g, W_T, RHO, eta=1.0),
     "layer": lambda d, g: geometry.layer(d, g, W_T, RHO),
+    "layer_layer": lambda d, g: geometry.layer(d, g, W_T, RHO, scale="layer"),
+    "layer_global": lambda d, g: geometry.layer(d, g, W_T, RHO, scale="global"),
 }
 
 

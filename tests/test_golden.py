@@ -59,13 +59,46 @@ CASES = {
         dict(method="layersam", rho=0.05),
         Config(geometry="layer", rho=0.05),
     ),
+    "layersam_layer": (
+        dict(method="layersam", rho=0.02, layer_scale="layer"),
+        Config(geometry="layer", layer_scale="layer", rho=0.02),
+    ),
+    "layersam_global": (
+        dict(method="layersam", rho=0.1, layer_scale="global"),
+        Config(geometry="layer", layer_scale="global", rho=0.1),
+    ),
     "looksam": (
         dict(method="looksam", rho=0.1, k=3, alpha=0.5),
         Config(reuse="look", k=3, alpha=0.5, rho=0.1),
     ),
+    "looksam_stored": (
+        dict(method="looksam", rho=0.1, k=3, reuse_scale="stored"),
+        Config(reuse="look", k=3, reuse_scale="stored", rho=0.1),
+    ),
+    "looksam_relative": (
+        dict(method="looksam", rho=0.1, k=3, reuse_scale="relative"),
+        Config(reuse="look", k=3, reuse_scale="relative", rho=0.1),
+    ),
     "looklayersam": (
         dict(method="looklayersam", rho=0.05, k=3),
         Config(geometry="layer", reuse="look", k=3, rho=0.05),
+    ),
+    "looklayersam_global_relative": (
+        dict(
+            method="looklayersam",
+            rho=0.1,
+            k=3,
+            layer_scale="global",
+            reuse_scale="relative",
+        ),
+        Config(
+            geometry="layer",
+            reuse="look",
+            k=3,
+            layer_scale="global",
+            reuse_scale="relative",
+            rho=0.1,
+        ),
     ),
     "samk": (
         dict(method="samk", rho=0.1, k=3),

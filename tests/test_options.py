@@ -1,5 +1,8 @@
 """Presets, overrides and the error for every invalid option value."""
 
+import dataclasses
+import re
+
 import keras
 import pytest
 
@@ -295,3 +298,84 @@ def test_variable_unfrozen_after_compile_needs_a_compile():
         sam.state_variables()
     sam.compile(optimizer="sgd", loss="mse")
     assert len(sam.state_variables()["ema"]) == 6
+
+
+def test_an_option_can_be_set_back_to_none_over_a_preset():
+    """Every option defaults to "not given" (a sentinel), so `None` is a
+    value: `reuse=None` turns LookSAM's reuse off."""
+    o = SAMModel(_mlp(), method="looksam", reuse=None).options
+    assert (o.reuse, o.k, o.alpha, o.reuse_scale) == (None, None, None, None)
+
+
+def test_unknown_keyword_lists_the_options():
+    with pytest.raises(TypeError) as info:
+        SAMModel(_mlp(), method="looksam", alpah=0.5)
+    message = str(info.value)
+    assert "['alpah']" in message and "'alpha'" in message
+
+
+def test_signature_and_docstring_follow_the_specification():
+    import inspect
+
+    from keras_sam.options import OPTION_NAMES, SAMOptions
+
+    parameters = list(inspect.signature(SAMModel.__init__).parameters)
+    assert parameters[:3] == ["self", "model", "method"]
+    assert tuple(parameters[3:-1]) == OPTION_NAMES
+    fields = [f.name for f in dataclasses.fields(SAMOptions)]
+    assert tuple(fields) == ("method", "geometry", *OPTION_NAMES)
+    documented = re.findall(r"^ {8}(\w+): ", SAMModel.__doc__, re.MULTILINE)
+    assert documented == ["model", "method", *OPTION_NAMES]
+
+
+def test_config_records_every_resolved_option(monkeypatch):
+    """A saved model keeps the values it trained with, even if a preset's
+    defaults change in a later version."""
+    from keras_sam import options
+
+    sam = SAMModel(_mlp(), method="looksam", k=3)
+    config = sam.get_config()
+    assert {k: config[k] for k in ("method", "rho", "k", "alpha")} == {
+        "method": "looksam",
+        "rho": sam.options.rho,
+        "k": 3,
+        "alpha": sam.options.alpha,
+    }
+    assert "eta" not in config  # does not apply to looksam
+    changed = dataclasses.replace(
+        options.PRESETS["looksam"],
+        values={**options.PRESETS["looksam"].values, "alpha": 0.123},
+    )
+    monkeypatch.setitem(options.PRESETS, "looksam", changed)
+    assert SAMModel(_mlp(), method="looksam").options.alpha == 0.123
+    restored = SAMModel.from_config(config)
+    assert restored.options == sam.options
+    assert restored.get_config() == config
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragments",
+    [
+        (
+            {"method": "layersam", "layer_scale": "per_layer"},
+            ValueError,
+            ["layer_scale", "'per_layer'", "'global'"],
+        ),
+        ({"layer_scale": "layer"}, ValueError, ["layer_scale", "layersam"]),
+        (
+            {"method": "looksam", "reuse_scale": "paper"},
+            ValueError,
+            ["reuse_scale", "'paper'", "'stored'"],
+        ),
+        (
+            {"method": "samk", "reuse_scale": "stored"},
+            ValueError,
+            ["reuse_scale", "reuse='look'"],
+        ),
+    ],
+)
+def test_invalid_new_options(kwargs, error, fragments):
+    with pytest.raises(error) as info:
+        SAMModel(_mlp(), **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))

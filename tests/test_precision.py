@@ -34,7 +34,7 @@ def _model():
 
 def _options(method):
     # Ascents on steps 0 and 2 for the reuse methods.
-    return {"k": 2} if PRESETS[method][1].get("reuse") else {}
+    return {"k": 2} if PRESETS[method].values.get("reuse") else {}
 
 
 def _sam(method, optimizer=None, loss=None, run_eagerly=False):

@@ -51,12 +51,24 @@ def test_look_projection_is_orthogonal_to_g_globally():
     assert abs(np.ravel(g_v[0]) @ np.ravel(g[0])) > 1e-3
 
 
-def test_look_reuse_rescales_g_v_to_the_gradient_norm():
+@pytest.mark.parametrize(
+    "scale, expected",
+    [
+        # ||g|| = 5, ||g_v|| = 10: g + 0.5 * 5 / 10 * g_v (Alg. 1).
+        ("gradient", [3.0, 6.5]),
+        # g + 0.5 * g_v.
+        ("stored", [3.0, 9.0]),
+        # Stored as g_v / ||g_a|| = g_v / 2: g + 0.5 * 5 * g_v / 2.
+        ("relative", [3.0, 16.5]),
+    ],
+)
+def test_look_reuse_scales(scale, expected):
     g = [np.array([3.0, 4.0], "float32")]
     g_v = [np.array([0.0, 10.0], "float32")]
-    out = ops.convert_to_numpy(schedule.look_reuse(_t(g), _t(g_v), 0.5)[0])
-    # ||g|| = 5, ||g_v|| = 10: g + 0.5 * 5 / 10 * g_v
-    np.testing.assert_allclose(out, [3.0, 6.5], rtol=1e-6)
+    g_a = [np.array([0.0, 2.0], "float32")]  # the ascent's clean gradient
+    stored = schedule.look_stored(_t(g_a), _t(g_v), scale)
+    out = schedule.look_reuse(_t(g), stored, 0.5, scale)
+    np.testing.assert_allclose(ops.convert_to_numpy(out[0]), expected, 1e-6)
 
 
 def test_rho_schedule_is_evaluated_at_the_sam_step():

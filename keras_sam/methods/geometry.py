@@ -12,7 +12,8 @@ References:
     Are All That Sharpness-Aware Minimization Needs", NeurIPS 2023, eq. (5)
     and App. A.3, Table 9 (adaptive, fisher, linf).
     Liu et al., "Sharpness-Aware Minimization in Large-Batch Training:
-    Training Vision Transformer in Minutes", 2022, eq. (7) (layer).
+    Training Vision Transformer in Minutes", 2022, eq. (7) and Alg. 2-3
+    (layer).
 """
 
 from __future__ import annotations
@@ -88,17 +89,33 @@ def fisher(direction, gradients, weights, rho, *, eta: float) -> list:
     return diagonal(direction, scales, rho, "l2")
 
 
-def layer(direction, gradients, weights, rho) -> list:
-    """LayerSAM (eq. 7, p = q = 2): per variable i,
+def layer(direction, gradients, weights, rho, *, scale: str = "eq7") -> list:
+    """LayerSAM: each variable's perturbation scaled by its weight norm.
 
-    `eps_i = rho * ||w_i|| / (||g_i|| + delta) * d_i / (||d|| + delta)`,
-    so that `||eps_i|| = rho * ||w_i|| / ||g||`. The algorithm listings write
-    `sign(g)`; eq. 7 and eq. 2 give the normalised gradient, which we follow.
+    `scale="eq7"` (eq. 7 with p = q = 2, the paper's formula):
+    `eps_i = rho * ||w_i|| / (||g_i|| + delta) * d_i / (||d|| + delta)`, so
+    `||eps_i|| = rho * ||w_i|| / ||g||`: unbounded as the gradient shrinks.
+    The algorithm listings write `sign(g)`; eq. 7 and eq. 2 give the
+    normalised gradient, which we follow.
+
+    `scale="layer"`: `eps_i = rho * ||w_i|| * d_i / (||d_i|| + delta)`: each
+    variable moves by the fraction `rho` of its own norm.
+
+    `scale="global"`: `eps_i = rho * ||w_i|| / ||w|| * d_i / (||d_i|| +
+    delta)`: a total radius `rho` (as SAM's), shared in proportion to the
+    variables' norms.
     """
-    factor = rho / (global_norm(direction) + DELTA)
+    if scale == "eq7":
+        factor = rho / (global_norm(direction) + DELTA)
+        return [
+            factor * (global_norm([w]) / (global_norm([g]) + DELTA)) * d
+            for d, g, w in zip(direction, gradients, weights)
+        ]
+    if scale == "global":
+        rho = rho / (global_norm(weights) + DELTA)
     return [
-        factor * (global_norm([w]) / (global_norm([g]) + DELTA)) * d
-        for d, g, w in zip(direction, gradients, weights)
+        rho * global_norm([w]) / (global_norm([d]) + DELTA) * d
+        for d, w in zip(direction, weights)
     ]
 
 
@@ -121,7 +138,7 @@ def make_geometry(options: SAMOptions, variables: Sequence) -> Geometry:
     if options.geometry == "fisher":
         return functools.partial(fisher, eta=options.eta)
     if options.geometry == "layer":
-        return layer
+        return functools.partial(layer, scale=options.layer_scale)
     raise ValueError(f"Unknown geometry: {options.geometry!r}.")
 
 

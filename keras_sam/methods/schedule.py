@@ -48,8 +48,33 @@ def look_projection(gradients: Sequence, sam_gradients: Sequence) -> list:
     return [gs - coefficient * g for g, gs in zip(gradients, sam_gradients)]
 
 
-def look_reuse(gradients: Sequence, g_v: Sequence, alpha: float) -> list:
-    """`g + alpha * (||g|| / (||g_v|| + delta)) * g_v` (LookSAM Alg. 1, else
-    branch): the stored orthogonal component rescaled to the current norm."""
-    factor = alpha * global_norm(gradients) / (global_norm(g_v) + DELTA)
-    return [g + factor * v for g, v in zip(gradients, g_v)]
+def look_stored(gradients: Sequence, g_v: Sequence, scale: str) -> list:
+    """What LookSAM keeps of `g_v` between ascents: `g_v` itself, or with
+    `scale="relative"`, `g_v / (||g|| + delta)` (its size relative to the
+    clean gradient of the ascent step)."""
+    if scale != "relative":
+        return list(g_v)
+    factor = 1.0 / (global_norm(gradients) + DELTA)
+    return [factor * v for v in g_v]
+
+
+def look_reuse(
+    gradients: Sequence, stored: Sequence, alpha, scale: str
+) -> list:
+    """The update of a reuse step, `g + alpha * c * g_v` (LookSAM Alg. 1,
+    else branch), with `stored` as `look_stored` keeps it:
+
+    - `scale="gradient"` (Alg. 1): `c = ||g|| / (||g_v|| + delta)`, so the
+      reuse term has norm `alpha * ||g||` whatever `rho`;
+    - `"stored"`: `c = 1`, `g_v` as the ascent measured it (its norm grows
+      with `rho`, as SAM's own departure from `g`);
+    - `"relative"`: `c = ||g|| / ||g_a||`, `g_a` the clean gradient of the
+      ascent step: `g_v` keeps its size relative to the gradient.
+    """
+    if scale == "gradient":
+        factor = alpha * global_norm(gradients) / (global_norm(stored) + DELTA)
+    elif scale == "relative":
+        factor = alpha * global_norm(gradients)
+    else:
+        factor = alpha
+    return [g + factor * v for g, v in zip(gradients, stored)]
