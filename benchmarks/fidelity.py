@@ -33,8 +33,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_sam import SAMModel  # noqa: E402
-from keras_sam.demo import load_digits  # noqa: E402
-from keras_sam.models import resnet, vit  # noqa: E402
+from keras_sam.demo.models import resnet, vit  # noqa: E402
+from keras_sam.demo.noisy_digits import load_digits  # noqa: E402
 
 Builder = Callable[[], keras.Model]
 
@@ -62,8 +62,7 @@ def count(variables: Sequence) -> int:
 
 def perturbed(sam: SAMModel) -> list:
     """The trainable variables that `sam` perturbs (its step plan's mask)."""
-    variables = sam.trainable_variables
-    return [variables[i] for i in sam._plan().perturbed_indices]
+    return sam.perturbed_variables
 
 
 def thousands(n: float) -> str:
@@ -94,10 +93,10 @@ def fused_qkv_vectors(sam: SAMModel) -> int:
     """Values of `u` and `v` per weight matrix with an attention layer's
     query, key and value kernels counted as one `(dim, 3 * dim)` matrix, as
     in implementations with a fused `qkv` projection (timm's ViT)."""
-    plan = sam._plan()
+    plan = sam._plan
     variables = sam.trainable_variables
     total, fused_cols = 0, {}
-    for i, view in zip(plan.perturbed_indices, plan.views):
+    for i, view in zip(plan.perturbed_indices, [m.view for m in plan.matrices]):
         layer, _, _ = variables[i].path.rpartition("/")
         attention, _, projection = layer.rpartition("/")
         if projection in ("query", "key", "value"):
@@ -117,10 +116,10 @@ def nusam_state(args: argparse.Namespace) -> None:
         params = model.count_params()
         nusam = SAMModel(model, method="nusam")
         state = nusam.perturbation_state_size()
-        plan = nusam._plan()
-        u_and_v = sum(v.rows + v.cols for v in plan.views)
+        plan = nusam._plan
+        u_and_v = sum(m.view.rows + m.view.cols for m in plan.matrices)
         fused = fused_qkv_vectors(nusam)
-        matrices = len(plan.views)
+        matrices = len(plan.matrices)
         sam_eps = count(perturbed(SAMModel(model, method="sam")))
         paper_sam, paper_nusam, paper_saving = NUSAM_TABLE_1[name]
         rows.append(

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from keras_sam import demo  # noqa: E402
+from keras_sam.demo import noisy_digits as demo  # noqa: E402
 
 
 def parse_run(text: str) -> tuple[str | None, str, dict]:

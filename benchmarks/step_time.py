@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_sam import PRESETS, SAMModel  # noqa: E402
-from keras_sam.models import vit  # noqa: E402
+from keras_sam.demo.models import vit  # noqa: E402
 
 # (width, blocks, heads, batch) of the ViT on 32 px images with 4 px patches.
 SIZES = {

@@ -1,6 +1,6 @@
 """A ViT (patch 4) trained with SAM on CIFAR-10.
 
-The ViT of `keras_sam.models` on 32x32 colour images (64 patches of 4x4),
+The ViT of `keras_sam.demo.models` on 32x32 colour images (64 patches of 4x4),
 random horizontal flips and translations by up to 4 pixels (Keras image
 preprocessing layers in a `tf.data` pipeline, which they support on every
 backend), AdamW with a linear warmup and a cosine decay, and SAM with rho
@@ -29,7 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from keras_sam import PRESETS, SAMModel  # noqa: E402
-from keras_sam.models import vit  # noqa: E402
+from keras_sam.demo.models import vit  # noqa: E402
 
 
 def prepare(images: np.ndarray, labels: np.ndarray):

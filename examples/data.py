@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_sam.demo import load_digits
+from keras_sam.demo.noisy_digits import load_digits
 
 __all__ = ["load_digits", "random_images"]
 

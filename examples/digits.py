@@ -1,9 +1,10 @@
 """A ViT or an MLP-Mixer trained with SAM on scikit-learn's digits.
 
 The smallest complete example: an 8x8 grayscale image classifier from
-`keras_sam.models`, wrapped in `SAMModel` and trained with plain `compile()`
-and `fit()`, then evaluated on held-out digits. No download: the digits ship
-with scikit-learn. Honours `KERAS_BACKEND` (tensorflow, jax or torch).
+`keras_sam.demo.models`, wrapped in `SAMModel` and trained with plain
+`compile()` and `fit()`, then evaluated on held-out digits. No download: the
+digits ship with scikit-learn. Honours `KERAS_BACKEND` (tensorflow, jax or
+torch).
 
 LookSAM's default reuse weight (alpha 0.7) stalls these small models on
 digits (test accuracy at chance after 10 epochs of the ViT); alpha 0.3 trains.
@@ -29,7 +30,7 @@ if __package__ in (None, ""):
 
 from examples.data import load_digits  # noqa: E402
 from keras_sam import PRESETS, SAMModel  # noqa: E402
-from keras_sam.models import mlp_mixer, vit  # noqa: E402
+from keras_sam.demo.models import mlp_mixer, vit  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

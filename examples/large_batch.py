@@ -52,7 +52,7 @@ from examples.schedules import (  # noqa: E402
     warmup_linear_decay,
 )
 from keras_sam import PRESETS, SAMModel  # noqa: E402
-from keras_sam.models import vit  # noqa: E402
+from keras_sam.demo.models import vit  # noqa: E402
 from keras_sam.optimizers import LAMB  # noqa: E402
 
 LOOK_METHODS = ("looksam", "looklayersam")

@@ -38,7 +38,7 @@ from examples.schedules import (  # noqa: E402
     warmup_linear_decay,
 )
 from keras_sam import SAMModel  # noqa: E402
-from keras_sam.models import vit  # noqa: E402
+from keras_sam.demo.models import vit  # noqa: E402
 from keras_sam.optimizers import LAMB  # noqa: E402
 
 

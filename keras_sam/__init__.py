@@ -1,8 +1,23 @@
-"""keras-sam: Sharpness-Aware Minimization and its variants for Keras 3."""
+"""keras-sam: Sharpness-Aware Minimization and its variants for Keras 3.
 
-from keras_sam.model import SAMModel
-from keras_sam.options import PRESETS
+The public API: `SAMModel`, its presets and resolved options, the state it
+keeps, and `keras_sam.optimizers`. Everything under `keras_sam.src` is
+private; `keras_sam.demo` (the `keras-sam demo` command and its models) is
+not imported by the library.
+"""
+
+from keras_sam import optimizers
+from keras_sam.src.model import SAMModel
+from keras_sam.src.options import PRESETS, Preset, SAMOptions
+from keras_sam.src.state import SAMState
 
 __version__ = "0.1.0"
 
-__all__ = ["PRESETS", "SAMModel"]
+__all__ = [
+    "PRESETS",
+    "Preset",
+    "SAMModel",
+    "SAMOptions",
+    "SAMState",
+    "optimizers",
+]

@@ -5,7 +5,8 @@ tanh -> Dense, softmax cross-entropy) has a hand-written forward and
 backward pass in float64, and the parameters live in ONE flat vector with a
 slice per variable, so every "global" norm is a plain vector norm and every
 per-variable quantity is a slice. The SAM variants follow the equations
-cited at each function; DESIGN §3 fixes the ambiguities.
+cited at each function; docs/semantics.md records how the ambiguities
+of the papers are resolved.
 
 Papers (under shared/papers):
     SAM: Foret et al. 2021, eq. 2-3 (as recalled in LookSAM eq. 2-3).
@@ -348,13 +349,14 @@ def step_per_replica(ref: Reference, x, y, replicas: int) -> None:
     """One step of `ref` with `ascent="per_replica"` on `replicas` equal,
     contiguous shards of the batch (m-sharpness, m = batch / replicas).
 
-    DESIGN §5: each shard perturbs with the gradient of its own mean loss
-    (with F-SAM, `g_r - sigma m`), and the descent gradient is the mean of
-    the shards' gradients at their own perturbed weights. Everything kept
-    between steps follows the global-batch gradient `g` (the mean of the
-    shards'), as in `Reference.step`: F-SAM's EMA, LookSAM's `g_v` and the
-    reuse steps, and nuSAM's `u` (advanced by the power iteration on `g`,
-    while each shard starts its own from the same `u`).
+    As docs/distributed.md states: each shard perturbs with the gradient of
+    its own mean loss (with F-SAM, `g_r - sigma m`), and the descent gradient
+    is the mean of the shards' gradients at their own perturbed weights.
+    Everything kept between steps follows the global-batch gradient `g`
+    (the mean of the shards'), as in `Reference.step`: F-SAM's EMA,
+    LookSAM's `g_v` and the reuse steps, and nuSAM's `u` (advanced by the
+    power iteration on `g`, while each shard starts its own from the same
+    `u`).
     """
     c = ref.c
     t = ref.step_count - c.start_step

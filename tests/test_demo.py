@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_sam import cli, demo
+from keras_sam.demo import cli
+from keras_sam.demo import noisy_digits as demo
 
 
 @pytest.fixture

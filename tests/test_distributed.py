@@ -1,6 +1,6 @@
-"""Distributed training (DESIGN §5): every preset on several devices equals
-one device with `ascent="global"`, and the NumPy per-replica reference with
-`ascent="per_replica"`; replicas never drift apart.
+"""Distributed training (docs/distributed.md): every preset on several
+devices equals one device with `ascent="global"`, and the NumPy per-replica
+reference with `ascent="per_replica"`; replicas never drift apart.
 
 Devices are set up before the backend starts, so each backend's runs go in a
 subprocess of their own (`distributed_tf.py`, `distributed_jax.py`); each

@@ -3,7 +3,7 @@
 import numpy as np
 from keras import ops
 
-from keras_sam.methods import friendly
+from keras_sam.src.methods import friendly
 
 
 def test_ema_starts_from_zero_and_direction_uses_the_updated_ema():

@@ -1,11 +1,11 @@
 """Each geometry on its own, against formulas written out in NumPy, and the
-zero / non-finite guard of DESIGN §3."""
+zero / non-finite guard (docs/semantics.md)."""
 
 import numpy as np
 import pytest
 from keras import ops
 
-from keras_sam.methods import geometry
+from keras_sam.src.methods import geometry
 
 RNG = np.random.default_rng(0)
 SHAPES = [(3, 4), (4,), (2, 2, 3)]

@@ -3,7 +3,7 @@
 import keras
 import pytest
 
-from keras_sam.methods import masks
+from keras_sam.src.methods import masks
 
 NORMS = [
     keras.layers.BatchNormalization,

@@ -7,7 +7,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from keras_sam import SAMModel
-from keras_sam.models import mlp_mixer, vit
+from keras_sam.demo.models import mlp_mixer, vit
 from keras_sam.optimizers import LAMB
 
 

@@ -4,13 +4,14 @@ import keras
 import numpy as np
 import pytest
 import reference_attention as attention
+from conftest import BACKEND
 from helpers import LR, compile_sgd
 from keras import ops
 from reference import Config, Reference
 
 from keras_sam import SAMModel
-from keras_sam.methods import nuclear
-from keras_sam.methods.matrices import MatrixView, weight_matrices
+from keras_sam.src.methods import nuclear
+from keras_sam.src.methods.matrices import MatrixView, weight_matrices
 
 
 def _attention_model(params):
@@ -75,8 +76,11 @@ def test_weight_matrices_of_attention_and_dense():
     embedding.build((None,))
     dense = keras.layers.Dense(3)
     model = keras.Model(inputs, dense(keras.layers.LayerNormalization()(h)))
-    views = weight_matrices(model)
-    by_path = {v.path: views.get(id(v)) for v in model.trainable_variables}
+    matrices = weight_matrices(model)
+    by_path = {
+        v.path: matrices[id(v)].view if id(v) in matrices else None
+        for v in model.trainable_variables
+    }
     q = by_path[mha._query_dense.kernel.path]
     assert (q.row_axes, q.col_axes, q.rows, q.cols) == ((0,), (1, 2), 4, 6)
     o = by_path[mha._output_dense.kernel.path]
@@ -85,6 +89,100 @@ def test_weight_matrices_of_attention_and_dense():
     # Convolutions, biases and normalization parameters are not matrices.
     assert by_path[conv.kernel.path] is None
     assert sum(view is not None for view in by_path.values()) == 5
+
+
+LAYERS = {
+    "dense": lambda: keras.layers.Dense(5, activation="tanh"),
+    "dense_3d_input": lambda: keras.layers.Dense(5),
+    # Attention's projections: rows lead, and rows after a batch axis.
+    "query": lambda: keras.layers.EinsumDense(
+        "abc,cde->abde", (None, 2, 3), bias_axes="de"
+    ),
+    "output": lambda: keras.layers.EinsumDense(
+        "abcd,cde->abe", (None, 4), bias_axes="e"
+    ),
+    # Rows that are not the kernel's leading axes.
+    "non_leading_rows": lambda: keras.layers.EinsumDense(
+        "ab,cb->ac", (3,), bias_axes="c", activation="relu"
+    ),
+    "ellipsis": lambda: keras.layers.EinsumDense(
+        "...b,bc->...c", (3,), bias_axes="c"
+    ),
+}
+INPUTS = {
+    "dense": (6, 4),
+    "dense_3d_input": (2, 3, 4),
+    "query": (2, 3, 4),
+    "output": (2, 3, 2, 3),
+    "non_leading_rows": (2, 4),
+    "ellipsis": (2, 3, 4),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_factorised_forward_equals_the_layer_at_w_plus_eps(name, dtype):
+    """nuSAM's pass 2 runs each weight matrix's layer as
+    `x W + s (x u) v^T` (bias and activation after): the layer's own output
+    at `W + s u v^T`, without that tensor (in float16 too: TensorFlow's
+    float16 einsum with an ellipsis is wrong, so none is used)."""
+    if (name, dtype, BACKEND) == ("ellipsis", "float16", "tensorflow"):
+        pytest.skip(
+            "TensorFlow's float16 einsum with an ellipsis is wrong in the "
+            "layer itself (EinsumDense's own x W), the reference here"
+        )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=INPUTS[name]).astype("float32")
+    layer = LAYERS[name]()
+    layer.dtype_policy = keras.DTypePolicy(dtype)
+    layer(x)
+    (matrix,) = weight_matrices(layer).values()
+    view = matrix.view
+    u = rng.normal(size=view.rows).astype("float32")
+    v = rng.normal(size=view.cols).astype("float32")
+    factorised = matrix.perturbed_call(
+        ops.convert_to_tensor(u), ops.convert_to_tensor(v), 0.3
+    )(ops.convert_to_tensor(x, dtype))
+    kernel = ops.convert_to_numpy(layer.kernel)
+    eps = ops.convert_to_numpy(view.from_matrix(0.3 * np.outer(u, v)))
+    layer.kernel.assign(kernel + eps)
+    expected = layer(x)
+    tolerance = 1e-5 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(factorised).astype("float32"),
+        ops.convert_to_numpy(expected).astype("float32"),
+        rtol=tolerance,
+        atol=tolerance,
+    )
+    assert matrix.factorised
+
+
+def test_layers_that_cannot_run_factorised_are_perturbed_as_values():
+    """A kernel regularizer must see `W + eps` itself; a subclass with its
+    own `call` or a quantized layer would not run the stock forward."""
+
+    class Scaled(keras.layers.Dense):
+        def call(self, inputs):
+            return 2.0 * super().call(inputs)
+
+    layers = {
+        "stock": keras.layers.Dense(3),
+        "regularized": keras.layers.Dense(
+            3, kernel_regularizer=keras.regularizers.L2(0.1)
+        ),
+        "own_call": Scaled(3),
+    }
+    for layer in layers.values():
+        layer.build((None, 4))
+    factorised = {
+        name: next(iter(weight_matrices(layer).values())).factorised
+        for name, layer in layers.items()
+    }
+    assert factorised == {
+        "stock": True,
+        "regularized": False,
+        "own_call": False,
+    }
 
 
 def test_matrix_view_round_trip_with_non_leading_rows():

@@ -294,10 +294,10 @@ def test_variable_unfrozen_after_compile_needs_a_compile():
     sam = SAMModel(model, method="fsam")
     sam.compile(optimizer="sgd", loss="mse")
     model.layers[0].trainable = True
-    with pytest.raises(RuntimeError, match="has no SAM state.*compile"):
-        sam.state_variables()
+    with pytest.raises(RuntimeError, match="changed since the last compile"):
+        sam.perturbation_state_size()
     sam.compile(optimizer="sgd", loss="mse")
-    assert len(sam.state_variables()["ema"]) == 6
+    assert len(sam.sam_state.ema) == 6
 
 
 def test_an_option_can_be_set_back_to_none_over_a_preset():
@@ -317,7 +317,7 @@ def test_unknown_keyword_lists_the_options():
 def test_signature_and_docstring_follow_the_specification():
     import inspect
 
-    from keras_sam.options import OPTION_NAMES, SAMOptions
+    from keras_sam.src.options import OPTION_NAMES, SAMOptions
 
     parameters = list(inspect.signature(SAMModel.__init__).parameters)
     assert parameters[:3] == ["self", "model", "method"]
@@ -331,7 +331,7 @@ def test_signature_and_docstring_follow_the_specification():
 def test_config_records_every_resolved_option(monkeypatch):
     """A saved model keeps the values it trained with, even if a preset's
     defaults change in a later version."""
-    from keras_sam import options
+    from keras_sam.src import options
 
     sam = SAMModel(_mlp(), method="looksam", k=3)
     config = sam.get_config()
@@ -379,3 +379,27 @@ def test_invalid_new_options(kwargs, error, fragments):
         SAMModel(_mlp(), **kwargs)
     for fragment in fragments:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_docstring_preset_table_is_presets():
+    rows = re.findall(
+        r"^    \| `\"(\w+)\"` \| (\w+) \| (yes|no) \| (\w+) \| ([\w ]+) \|$",
+        SAMModel.__doc__,
+        re.MULTILINE,
+    )
+    table = {
+        name: (geometry, friendly == "yes", reuse, perturb)
+        for name, geometry, friendly, reuse, perturb in rows
+    }
+    expected = {}
+    for name, preset in PRESETS.items():
+        matrices = preset.geometry in ("nuclear", "nuclear_norm")
+        expected[name] = (
+            preset.geometry,
+            preset.values.get("friendly", False),
+            preset.values.get("reuse") or "none",
+            "weight matrices"
+            if matrices
+            else preset.values.get("perturb", "all"),
+        )
+    assert table == expected

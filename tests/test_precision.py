@@ -53,7 +53,7 @@ def _numpy(variables):
 
 
 def _state(model):
-    return _numpy(keras.tree.flatten(model.state_variables()))
+    return _numpy(keras.tree.flatten(model.sam_state))
 
 
 def _assert_equal(actual, expected):
@@ -74,8 +74,10 @@ def test_mixed_float16_trains_close_to_float32_with_unscaled_state(method):
         model = _sam(method)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    assert float(keras.ops.convert_to_numpy(model.loss_scale())) > 1.0
-    for v in keras.tree.flatten(model.state_variables()):
+    assert (
+        float(keras.ops.convert_to_numpy(model.optimizer.dynamic_scale)) > 1.0
+    )
+    for v in keras.tree.flatten(model.sam_state):
         assert keras.backend.standardize_dtype(v.dtype) in ("float32", "int32")
     # Within half precision of the float32 run; the state (EMA, g_v) too,
     # which it would not be by the factor of the loss scale if it were
@@ -120,7 +122,7 @@ def test_bfloat16_policies_train_with_float32_state(method, policy):
         history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     loss = history.history["loss"]
     assert np.isfinite(loss).all() and loss[-1] < loss[0]
-    for v in keras.tree.flatten(model.state_variables()):
+    for v in keras.tree.flatten(model.sam_state):
         assert keras.backend.standardize_dtype(v.dtype) in ("float32", "int32")
     assert _all_finite(_numpy(model.variables))
 
@@ -142,7 +144,10 @@ def test_overflow_step_changes_nothing(method):
         weights = _numpy(model.inner.weights)
         state = _state(model)
         model.train_on_batch(x, y)
-    assert float(keras.ops.convert_to_numpy(model.loss_scale())) == 2.0**99
+    assert (
+        float(keras.ops.convert_to_numpy(model.optimizer.dynamic_scale))
+        == 2.0**99
+    )
     _assert_equal(_numpy(model.inner.weights), weights)
     _assert_equal(_state(model), state)
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
@@ -152,7 +157,10 @@ def test_overflow_step_changes_nothing(method):
     x[0, 0] = np.nan
     with _policy("mixed_float16"):
         model.train_on_batch(x, y)
-    assert float(keras.ops.convert_to_numpy(model.loss_scale())) == 2.0**98
+    assert (
+        float(keras.ops.convert_to_numpy(model.optimizer.dynamic_scale))
+        == 2.0**98
+    )
     _assert_equal(_numpy(model.inner.weights), weights)
     _assert_equal(_state(model), state)
 

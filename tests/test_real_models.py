@@ -11,7 +11,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from keras_sam import SAMModel
-from keras_sam.models import resnet
+from keras_sam.demo.models import resnet
 from keras_sam.optimizers import LAMB
 
 # Tiny models: one torch thread (see conftest.one_torch_thread).
@@ -26,8 +26,7 @@ def _digits(n):
 
 
 def _perturbed_paths(sam):
-    variables = sam.trainable_variables
-    return sorted(variables[i].path for i in sam._plan().perturbed_indices)
+    return sorted(v.path for v in sam.perturbed_variables)
 
 
 def _paths_matching(sam, pattern):

@@ -105,7 +105,7 @@ def test_save_and_load_keep_weights_state_and_optimizer(method, tmp_path):
     model = SAMModel(_model(), method=method, **k)
     _compile(model)
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    counter = model.state_variables()["iterations"]
+    counter = model.sam_state.iterations
     assert int(keras.ops.convert_to_numpy(counter)) == 6
     model.save(tmp_path / "m.keras")
 

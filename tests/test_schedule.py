@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_sam.methods import schedule
+from keras_sam.src.methods import schedule
 
 
 def _t(arrays):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_sam.methods.tensors import all_finite, global_dot, global_norm
+from keras_sam.src.methods.tensors import all_finite, global_dot, global_norm
 
 
 def _tensors(dtype):

@@ -1,5 +1,5 @@
 """Base optimizers that SAM papers use and Keras lacks in their exact form."""
 
-from keras_sam.optimizers.lamb import LAMB
+from keras_sam.src.optimizers.lamb import LAMB
 
 __all__ = ["LAMB"]

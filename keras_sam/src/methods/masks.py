@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import keras
 
+from keras_sam.src import keras_internals
+
 # Normalization layers are found by type; subclasses count too.
 NORMALIZATION_LAYERS = (
     keras.layers.BatchNormalization,
@@ -25,7 +27,7 @@ def normalization_layers(layer: keras.layers.Layer) -> list:
     """`layer` and all its sublayers that are normalization layers."""
     return [
         sub
-        for sub in layer._flatten_layers(include_self=True, recursive=True)
+        for sub in keras_internals.flatten_layers(layer)
         if isinstance(sub, NORMALIZATION_LAYERS)
     ]
 

@@ -18,9 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.parse_args(argv[:1])
-    from keras_sam import demo
+    from keras_sam.demo import noisy_digits
 
-    demo.main(argv[1:])
+    noisy_digits.main(argv[1:])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,23 @@ from __future__ import annotations
 import keras
 
 
+def _block(x, name: str, token_mlp_dim: int, channel_mlp_dim: int):
+    """Token mixing across patches, then channel mixing, each residual."""
+    tokens, dim = x.shape[1], x.shape[2]
+    h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln1")(x)
+    h = keras.layers.Permute((2, 1))(h)
+    h = keras.layers.Dense(
+        token_mlp_dim, activation="gelu", name=f"{name}_token1"
+    )(h)
+    h = keras.layers.Dense(tokens, name=f"{name}_token2")(h)
+    x = x + keras.layers.Permute((2, 1))(h)
+    h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln2")(x)
+    h = keras.layers.Dense(
+        channel_mlp_dim, activation="gelu", name=f"{name}_channel1"
+    )(h)
+    return x + keras.layers.Dense(dim, name=f"{name}_channel2")(h)
+
+
 def mlp_mixer(
     image_size: int = 32,
     patch_size: int = 4,
@@ -48,22 +65,7 @@ def mlp_mixer(
     )(inputs)
     x = keras.layers.Reshape((tokens, dim))(x)
     for i in range(depth):
-        h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln1")(
-            x
-        )
-        h = keras.layers.Permute((2, 1))(h)
-        h = keras.layers.Dense(
-            token_mlp_dim, activation="gelu", name=f"block{i}_token1"
-        )(h)
-        h = keras.layers.Dense(tokens, name=f"block{i}_token2")(h)
-        x = x + keras.layers.Permute((2, 1))(h)
-        h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln2")(
-            x
-        )
-        h = keras.layers.Dense(
-            channel_mlp_dim, activation="gelu", name=f"block{i}_channel1"
-        )(h)
-        x = x + keras.layers.Dense(dim, name=f"block{i}_channel2")(h)
+        x = _block(x, f"block{i}", token_mlp_dim, channel_mlp_dim)
     x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
     x = keras.layers.GlobalAveragePooling1D()(x)
     outputs = keras.layers.Dense(num_classes, name="head")(x)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import keras
 from keras import ops
 
-from keras_sam.options import check_real
+from keras_sam.src.validation import check_real
 
 
 def _matcher(

@@ -34,6 +34,21 @@ class ClassTokenAndPosition(keras.layers.Layer):
         return (batch, None if tokens is None else tokens + 1, dim)
 
 
+def _block(x, name: str, heads: int, mlp_dim: int, dropout: float):
+    """A pre-LayerNorm transformer block."""
+    dim = x.shape[-1]
+    h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln1")(x)
+    h = keras.layers.MultiHeadAttention(
+        heads, dim // heads, dropout=dropout, name=f"{name}_attention"
+    )(h, h)
+    x = x + h
+    h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_ln2")(x)
+    h = keras.layers.Dense(mlp_dim, activation="gelu", name=f"{name}_mlp1")(h)
+    h = keras.layers.Dropout(dropout)(h)
+    h = keras.layers.Dense(dim, name=f"{name}_mlp2")(h)
+    return x + keras.layers.Dropout(dropout)(h)
+
+
 def vit(
     image_size: int = 32,
     patch_size: int = 4,
@@ -85,22 +100,7 @@ def vit(
     x = keras.layers.Reshape(((image_size // patch_size) ** 2, dim))(x)
     x = ClassTokenAndPosition(name="embedding")(x)
     for i in range(depth):
-        h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln1")(
-            x
-        )
-        h = keras.layers.MultiHeadAttention(
-            heads, dim // heads, dropout=dropout, name=f"block{i}_attention"
-        )(h, h)
-        x = x + h
-        h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_ln2")(
-            x
-        )
-        h = keras.layers.Dense(
-            mlp_dim, activation="gelu", name=f"block{i}_mlp1"
-        )(h)
-        h = keras.layers.Dropout(dropout)(h)
-        h = keras.layers.Dense(dim, name=f"block{i}_mlp2")(h)
-        x = x + keras.layers.Dropout(dropout)(h)
+        x = _block(x, f"block{i}", heads, mlp_dim, dropout)
     x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)
     outputs = keras.layers.Dense(num_classes, name="head")(x[:, 0])
     return keras.Model(inputs, outputs, name=name)

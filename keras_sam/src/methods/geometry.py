@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 
 from keras import ops
 
-from keras_sam.methods.tensors import DELTA, all_finite, global_norm
-from keras_sam.options import SAMOptions
+from keras_sam.src.methods.tensors import DELTA, all_finite, global_norm
+from keras_sam.src.options import SAMOptions
 
 Geometry = Callable[[list, list, list, object], list]
 
@@ -147,7 +147,7 @@ def perturbation(
 ) -> list:
     """`geometry(...)`, or zeros where the direction or gradient is not finite.
 
-    A zero or non-finite norm gives `eps = 0`, never NaN (DESIGN §3); a zero
+    A zero or non-finite norm gives `eps = 0`, never NaN; a zero
     norm already does through `delta`.
     """
     eps = geometry(direction, gradients, weights, rho)

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from keras_sam import PRESETS, SAMModel
-from keras_sam.models import mlp_mixer, vit
+from keras_sam.demo.models import mlp_mixer, vit
 from keras_sam.optimizers import LAMB
 
 BATCH_SIZE = 64

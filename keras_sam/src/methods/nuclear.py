@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from keras import ops
 
-from keras_sam.methods.tensors import DELTA, all_finite
+from keras_sam.src.methods.tensors import DELTA, all_finite
 
 # Alg. 2's tau.
 TAU = 1e-12

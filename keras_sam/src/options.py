@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
+
+from keras_sam.src.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_real,
+    is_real,
+)
 
 
 class _Unset:
@@ -40,68 +47,11 @@ class Point(NamedTuple):
     reuse: str | None
 
 
-# ---- Checks: each raises with the option, the value and what is allowed ----
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+# ---- Checks -----------------------------------------------------------------
 
 
 def _received(name: str, value: Any) -> str:
     return f"received {name}={value!r}."
-
-
-def check_choice(name: str, value: Any, allowed: tuple) -> None:
-    if not isinstance(value, (str, type(None))) or value not in allowed:
-        raise ValueError(
-            f"`{name}` must be one of {list(allowed)}; "
-            + _received(name, value)
-        )
-
-
-def check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"`{name}` must be True or False; " + _received(name, value)
-        )
-
-
-def check_real(
-    name: str,
-    value: Any,
-    low: float,
-    high: float | None = None,
-    high_allowed: bool = False,
-) -> None:
-    """Checks `low <= value < high` (`<= high` with `high_allowed`;
-    `high=None`: no upper bound)."""
-    if high is None:
-        allowed = f"a float >= {low}"
-    else:
-        allowed = f"a float in [{low}, {high}{']' if high_allowed else ')'}"
-    if not _is_real(value):
-        raise TypeError(
-            f"`{name}` must be {allowed}; " + _received(name, value)
-        )
-    above = high is not None and (
-        value > high if high_allowed else value >= high
-    )
-    if not math.isfinite(value) or value < low or above:
-        raise ValueError(
-            f"`{name}` must be {allowed}; " + _received(name, value)
-        )
-
-
-def check_int(name: str, value: Any, low: int) -> None:
-    error = TypeError if not _is_int(value) else ValueError
-    if error is TypeError or value < low:
-        raise error(
-            f"`{name}` must be an int >= {low}; " + _received(name, value)
-        )
 
 
 def _check_rho(name: str, rho: Any) -> None:
@@ -109,7 +59,7 @@ def _check_rho(name: str, rho: Any) -> None:
         "a float >= 0, a keras.optimizers.schedules.LearningRateSchedule or a "
         "callable of the SAM step"
     )
-    if _is_real(rho):
+    if is_real(rho):
         if not math.isfinite(rho) or rho < 0:
             raise ValueError(
                 f"`rho` must be {allowed}; " + _received(name, rho)
@@ -223,7 +173,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "normalize_bias",
-        lambda name, value: check_bool(name, value),
+        check_bool,
         False,
         "ASAM: rescale bias-like variables too",
         lambda p: p.geometry == "adaptive",
@@ -240,7 +190,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "friendly",
-        lambda name, value: check_bool(name, value),
+        check_bool,
         False,
         "F-SAM: ascend along g - sigma * m, m an EMA of the gradients",
     ),

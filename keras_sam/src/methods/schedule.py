@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from keras import ops
 
-from keras_sam.methods.tensors import DELTA, global_dot, global_norm
+from keras_sam.src.methods.tensors import DELTA, global_dot, global_norm
 
 
 def rho_at(rho: float | Callable, t):

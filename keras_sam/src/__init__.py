@@ -1,0 +1,1 @@
+"""keras-sam's implementation: private; the public API is `keras_sam`."""

@@ -1,0 +1,161 @@
+"""The SAM train step on TensorFlow: tapes for both passes, one replica of
+a `tf.distribute` strategy at a time."""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from keras_sam.src import keras_internals
+from keras_sam.src.replicas import ONE_REPLICA, Replicas
+from keras_sam.src.trainer import SAMTrainer
+
+
+class _PassInputs(NamedTuple):
+    non_trainable: list  # from before pass 1
+    metrics: list
+    x: object
+    y: object
+    sample_weight: object
+
+
+def _read(variable):
+    """A snapshot of the variable's value (`.value` is the live variable)."""
+    return tf.identity(variable.value)
+
+
+def _dense(gradient):
+    """Densifies `IndexedSlices` (Embedding) so both branches match."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
+def _replicas() -> Replicas:
+    """The replicas of the enclosing `tf.distribute` strategy."""
+    count = tf.distribute.get_strategy().num_replicas_in_sync
+    if count == 1:
+        return ONE_REPLICA
+    context = tf.distribute.get_replica_context()
+
+    def all_reduce(tensors):
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors))
+
+    return Replicas(count, all_reduce)
+
+
+# Group keys per strategy: TensorFlow's own tests space their strategies'
+# collectives this far apart (`strategy_combinations.py`).
+_KEY_SPACING = 100_000
+_key_bases = itertools.count(_KEY_SPACING, _KEY_SPACING)
+_isolated = weakref.WeakSet()
+
+
+def isolate_collectives(strategy) -> None:
+    """Gives `strategy` collective keys of its own, once.
+
+    Every `MirroredStrategy` numbers its collectives from the same group
+    key, and TensorFlow's runtime keeps the shape it first saw under each
+    (group, instance) key for the rest of the process. Two strategies whose
+    models all-reduce differently shaped tensors (two Keras models of
+    different sizes: SAM's step all-reduces more than a plain one) then fail
+    with "Shape mismatch in the collective instance ...". A strategy that
+    trains a `SAMModel` draws its keys from a range no other strategy uses,
+    as TensorFlow's tests do with `MirroredStrategy._collective_key_base`;
+    the others keep theirs.
+    """
+    extended = strategy.extended
+    if (
+        not isinstance(strategy, tf.distribute.MirroredStrategy)
+        or strategy in _isolated
+        or not hasattr(extended, "_make_collective_ops_with_fallbacks")
+    ):
+        return
+    _isolated.add(strategy)
+    collective = extended._collective_ops
+    extended._collective_key_base = next(_key_bases)
+    extended._collective_ops = extended._make_collective_ops_with_fallbacks()
+    if extended._cross_device_ops is collective:
+        extended._cross_device_ops = extended._collective_ops
+
+
+class TensorFlowSAMTrainer(SAMTrainer):
+    def _on_create(self) -> None:
+        isolate_collectives(self.distribute_strategy)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        self._build_before_pass_one(x)
+        self._check_plan()
+        variables = self.trainable_variables
+        non_trainable = [_read(v) for v in self.non_trainable_variables]
+        loss, grads, y_pred = self._pass_one(x, y, sample_weight)
+        metrics = [_read(v) for v in self.metrics_variables]
+        inputs = _PassInputs(non_trainable, metrics, x, y, sample_weight)
+        update = self._sam_update(
+            grads,
+            [_read(v) for v in variables],
+            self._state.read(snapshot=tf.identity),
+            loss,
+            inputs,
+            self._loss_scale(),
+            _replicas(),
+        )
+        self.optimizer.apply(update.gradients, variables)
+        self._state.assign(update.state)
+        self._track(update)
+        return self._train_logs(x, y, y_pred, sample_weight)
+
+    def _build_before_pass_one(self, x) -> None:
+        if not self.built:
+            # Without a strategy Keras' TF trainer defers building to the
+            # first trace; the SAM state must exist before the step reads it.
+            self.build(tf.nest.map_structure(lambda t: tuple(t.shape), x))
+        if not self.optimizer.built:
+            # Built in the first trace too, before pass 1, so that a
+            # LossScaleOptimizer's scale is its variable, not a constant.
+            self.optimizer.build(self.trainable_variables)
+
+    def _pass_one(self, x, y, sample_weight):
+        """As `keras.src.backend.tensorflow.trainer` does it."""
+        with tf.GradientTape() as tape:
+            if keras_internals.call_has_training_arg(self):
+                y_pred = self(x, training=True)
+            else:
+                y_pred = self(x)
+            loss = keras_internals.compute_loss(
+                self, x, y, y_pred, sample_weight
+            )
+            keras_internals.loss_tracker(self).update_state(
+                keras_internals.unscale_loss_for_distribution(loss),
+                sample_weight=tf.shape(
+                    next(i for i in tf.nest.flatten(x) if i is not None)
+                )[0],
+            )
+            scaled_loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        clean = self._plan.clean_indices
+        grads = [None] * len(variables)
+        for i, g in zip(
+            clean, tape.gradient(scaled_loss, [variables[i] for i in clean])
+        ):
+            grads[i] = _dense(g)
+        return loss, grads, y_pred
+
+    def _pass_two(self, values, scope, inputs: _PassInputs):
+        with tf.GradientTape() as tape, scope:
+            tape.watch(values)
+            loss = self._perturbed_loss(
+                values,
+                inputs.non_trainable,
+                inputs.metrics,
+                inputs.x,
+                inputs.y,
+                inputs.sample_weight,
+            )
+            scaled = self.optimizer.scale_loss(loss)
+        return loss, [_dense(g) for g in tape.gradient(scaled, values)]

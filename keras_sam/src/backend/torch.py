@@ -1,0 +1,143 @@
+"""The SAM train step on PyTorch: `backward()` for pass 1 as Keras' own
+step does, `autograd.grad` for pass 2."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+import keras
+import torch
+
+from keras_sam.src import keras_internals
+from keras_sam.src.trainer import SAMTrainer
+
+
+class _PassInputs(NamedTuple):
+    non_trainable: list  # from before pass 1
+    metrics: list
+    rng: tuple  # the global torch RNG states from before pass 1
+    x: object
+    y: object
+    sample_weight: object
+
+
+def _rng_snapshot():
+    """The global torch RNG states (CPU and initialised CUDA devices)."""
+    devices = (
+        list(range(torch.cuda.device_count()))
+        if torch.cuda.is_initialized()
+        else []
+    )
+    cuda = [torch.cuda.get_rng_state(d) for d in devices]
+    return devices, torch.get_rng_state(), cuda
+
+
+@contextlib.contextmanager
+def _replay_rng(snapshot):
+    """Runs the block from the RNG state of `snapshot`, then restores the
+    state it found.
+
+    Keras' torch `dropout` draws an unseeded layer's mask from the global
+    torch RNG, not from its `SeedGenerator` state: replaying the pre-pass-1
+    RNG state gives pass 2 the mask of pass 1, and the RNG still advances
+    once per step.
+    """
+    devices, cpu, cuda = snapshot
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(cpu)
+        for device, state in zip(devices, cuda):
+            torch.cuda.set_rng_state(state, device)
+        yield
+
+
+def _check_single_process() -> None:
+    """Keras' torch trainer has no data parallelism: in a multi-process
+    group, every process would train its own copy apart from the others."""
+    distributed = torch.distributed
+    if (
+        distributed.is_available()
+        and distributed.is_initialized()
+        and distributed.get_world_size() > 1
+    ):
+        raise NotImplementedError(
+            "SAMModel on the torch backend trains on one device: Keras' "
+            "torch trainer does not synchronise gradients between the "
+            f"{distributed.get_world_size()} processes of the initialised "
+            "torch.distributed group, so each would silently train its own "
+            "model. Use the JAX backend with keras.distribution or the "
+            "TensorFlow backend with a tf.distribute strategy."
+        )
+
+
+class TorchSAMTrainer(SAMTrainer):
+    def train_step(self, data):
+        _check_single_process()
+        self._check_plan()
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        # Torch assigns in place: snapshot the model's own state (BatchNorm
+        # statistics, seeds) before pass 1; SAM's own is not touched until
+        # the end of the step.
+        own = {id(v) for v in self._state.flat()}
+        non_trainable = [
+            v.value if id(v) in own else v.value.detach().clone()
+            for v in self.non_trainable_variables
+        ]
+        rng = _rng_snapshot()
+        loss, grads, y_pred = self._pass_one(x, y, sample_weight)
+        metrics = [v.value for v in self.metrics_variables]
+        inputs = _PassInputs(non_trainable, metrics, rng, x, y, sample_weight)
+        with torch.no_grad():
+            update = self._sam_update(
+                grads,
+                [v.value.detach() for v in variables],
+                self._state.read(),
+                loss.detach(),
+                inputs,
+                self._loss_scale(),
+            )
+            self.optimizer.apply(update.gradients, variables)
+            self._state.assign(update.state)
+        self._track(update)
+        return self._train_logs(x, y, y_pred, sample_weight)
+
+    def _pass_one(self, x, y, sample_weight):
+        """As `keras.src.backend.torch.trainer` does it, differentiated with
+        respect to the variables whose clean gradient the step reads."""
+        if keras_internals.call_has_training_arg(self):
+            y_pred = self(x, training=True)
+        else:
+            y_pred = self(x)
+        self.zero_grad()
+        loss = keras_internals.compute_loss(self, x, y, y_pred, sample_weight)
+        keras_internals.loss_tracker(self).update_state(
+            loss,
+            sample_weight=next(
+                i for i in keras.tree.flatten(x) if i is not None
+            ).shape[0],
+        )
+        variables = self.trainable_variables
+        clean = self._plan.clean_indices
+        self.optimizer.scale_loss(loss).backward(
+            inputs=[variables[i].value for i in clean]
+        )
+        grads = [None] * len(variables)
+        for i in clean:
+            grads[i] = variables[i].value.grad
+        return loss, grads, y_pred
+
+    def _pass_two(self, values, scope, inputs: _PassInputs):
+        leaves = [value.detach().requires_grad_(True) for value in values]
+        with torch.enable_grad(), _replay_rng(inputs.rng), scope:
+            loss = self._perturbed_loss(
+                leaves,
+                inputs.non_trainable,
+                inputs.metrics,
+                inputs.x,
+                inputs.y,
+                inputs.sample_weight,
+            )
+            scaled = self.optimizer.scale_loss(loss)
+        grads = torch.autograd.grad(scaled, leaves, allow_unused=True)
+        return loss.detach(), list(grads)

@@ -1,0 +1,176 @@
+"""Weight matrices: the kernels of `Dense` and `EinsumDense` layers, each
+read as a `(fan_in, fan_out)` matrix, with the forward pass of their layer
+under a rank-1 perturbation (the nuclear geometries perturb these).
+
+References:
+    Ahn et al., "nuSAM: Memory-Efficient Sharpness-Aware Minimization via
+    Nuclear Norm Constraints", 2024, Alg. 1 (one rank-1 perturbation per
+    weight matrix) and Sec. 3.1 (memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import keras
+from keras import ops
+
+from keras_sam.src import keras_internals
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixView:
+    """A kernel read as a matrix: rows are the axes that also index the
+    layer's input (fan-in), columns the others, each group in kernel order.
+    """
+
+    shape: tuple[int, ...]
+    row_axes: tuple[int, ...]
+    col_axes: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.shape[a] for a in self.row_axes)
+
+    @property
+    def cols(self) -> int:
+        return math.prod(self.shape[a] for a in self.col_axes)
+
+    @property
+    def rows_lead(self) -> bool:
+        """Whether the rows are the leading axes: the matrix is then a view."""
+        return self.row_axes + self.col_axes == tuple(range(len(self.shape)))
+
+    def to_matrix(self, kernel):
+        if not self.rows_lead:
+            kernel = ops.transpose(kernel, self.row_axes + self.col_axes)
+        return ops.reshape(kernel, (self.rows, self.cols))
+
+    def from_matrix(self, matrix):
+        order = self.row_axes + self.col_axes
+        tensor = ops.reshape(matrix, tuple(self.shape[a] for a in order))
+        if self.rows_lead:
+            return tensor
+        inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
+        return ops.transpose(tensor, inverse)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightMatrix:
+    """A Dense or EinsumDense kernel as nuSAM perturbs it.
+
+    Attributes:
+        view: the kernel read as a matrix.
+        layer: the layer that owns the kernel.
+        equation: the layer's einsum (`"...i,io->...o"` for Dense).
+        factorised: whether pass 2 can run the layer as
+            `x W + s (x u) v^T` (a stock `call`, not quantized, no kernel
+            regularizer: a regularizer must see `W + eps` itself).
+    """
+
+    view: MatrixView
+    layer: keras.layers.Layer
+    equation: str
+    factorised: bool
+
+    def perturbed_call(self, u, v, scale) -> Callable:
+        """The layer's `call` at `W + scale * u v^T`, without `W + eps`:
+        `x W + scale * (x u) v^T`, then the bias and the activation, as
+        `Dense.call` and `EinsumDense.call` do. Its gradient with respect
+        to `W` is the gradient at `W + eps`."""
+        layer = self.layer
+        row_shape = tuple(self.view.shape[a] for a in self.view.row_axes)
+        col_shape = tuple(self.view.shape[a] for a in self.view.col_axes)
+
+        def call(inputs, training=None):
+            dtype = inputs.dtype
+            u_ = ops.cast(ops.reshape(u, row_shape), dtype)
+            v_ = ops.cast(ops.reshape(v, col_shape), dtype)
+            if isinstance(layer, keras.layers.EinsumDense):
+                x = ops.einsum(self.equation, inputs, layer.kernel)
+            else:
+                x = ops.matmul(inputs, layer.kernel)
+            contract, expand = factor_equations(
+                self.equation, len(inputs.shape)
+            )
+            xu = ops.einsum(contract, inputs, u_)
+            x = x + ops.cast(scale, dtype) * ops.einsum(expand, xu, v_)
+            if layer.bias is not None:
+                x = ops.add(x, layer.bias)
+            if layer.activation is not None:
+                x = layer.activation(x)
+            return x
+
+        return call
+
+
+def _einsum_parts(equation: str) -> tuple[str, str, str]:
+    inputs, output = equation.split("->")
+    x, kernel = inputs.split(",")
+    return x, kernel, output
+
+
+def factor_equations(equation: str, rank: int) -> tuple[str, str]:
+    """The two einsums of `x W` with `W = u v^T` for a layer's `equation`
+    and an input of `rank` axes: `x u` (contract `x` with `u` over the
+    kernel's input axes, keeping those the output keeps), then `(x u) v^T`
+    (expand with `v` over the other kernel axes).
+
+    An ellipsis is written out in letters: TensorFlow's float16 einsum with
+    an ellipsis gives wrong results (TensorFlow 2.21, CPU).
+    """
+    x, kernel, output = _einsum_parts(equation)
+    if "..." in x:
+        unused = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation]
+        spelled = "".join(unused[: rank - len(x.replace("...", ""))])
+        x, output = x.replace("...", spelled), output.replace("...", spelled)
+    rows = "".join(c for c in kernel if c in x)
+    cols = "".join(c for c in kernel if c not in x)
+    # Input letters summed with the rows, unless the output keeps them.
+    kept = "".join(c for c in x if c not in rows or c in output)
+    return f"{x},{rows}->{kept}", f"{kept},{cols}->{output}"
+
+
+def _matrix(layer, kernel) -> WeightMatrix:
+    shape = tuple(kernel.shape)
+    equation = "...i,io->...o"
+    if isinstance(layer, keras.layers.EinsumDense):
+        equation = layer.equation
+    x, subscripts, _ = _einsum_parts(equation)
+    rows = tuple(i for i, s in enumerate(subscripts) if s in x)
+    cols = tuple(i for i in range(len(shape)) if i not in rows)
+    stock = type(layer).call in (keras.layers.Dense.call, _EINSUM_CALL)
+    return WeightMatrix(
+        view=MatrixView(shape, rows, cols),
+        layer=layer,
+        equation=equation,
+        factorised=stock
+        and getattr(layer, "quantization_mode", None) is None
+        and getattr(kernel, "regularizer", None) is None,
+    )
+
+
+_EINSUM_CALL = keras.layers.EinsumDense.call
+
+
+def weight_matrices(model: keras.layers.Layer) -> dict[int, WeightMatrix]:
+    """`id(kernel) -> WeightMatrix` for every Dense and EinsumDense kernel.
+
+    Convolutions, embeddings, biases and normalization parameters are not
+    weight matrices. Subclasses of Dense and EinsumDense count.
+    """
+    matrices = {}
+    for layer in keras_internals.flatten_layers(model):
+        if not isinstance(
+            layer, (keras.layers.Dense, keras.layers.EinsumDense)
+        ):
+            continue
+        for variable in layer.weights:
+            dense_2d = len(variable.shape) == 2 or isinstance(
+                layer, keras.layers.EinsumDense
+            )
+            if variable.name == "kernel" and dense_2d:
+                matrices[id(variable)] = _matrix(layer, variable)
+    return matrices

@@ -1,0 +1,127 @@
+"""Which variables take part in a SAM step, decided once per compile.
+
+The plan depends on the options and on which variables are trainable, which
+Keras fixes at `compile()` (and `build()`); the train step reads it and
+never rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from keras_sam.src.methods import masks
+from keras_sam.src.methods.geometry import Geometry, make_geometry
+from keras_sam.src.methods.matrices import WeightMatrix, weight_matrices
+from keras_sam.src.options import NUCLEAR_GEOMETRIES, SAMOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """Which trainable variables take part in the step.
+
+    Attributes:
+        variable_ids: `id()` of every trainable variable when the plan was
+            made (a plan is stale once they change).
+        gradient_indices: indices into `trainable_variables` of the float
+            variables that receive a SAM gradient (not float8
+            `overwrite_with_gradient` variables); LookSAM's norms run over
+            them.
+        perturbed_indices: the subset selected by `perturb` (and, for the
+            nuclear geometries, the weight matrices among them).
+        geometry: the geometry bound to the perturbed variables (`None` for
+            the nuclear geometries).
+        matrices: each perturbed weight matrix (nuclear geometries only).
+        ascends_every_step: no `reuse` and no `start_step`: every step takes
+            an ascent, so the step has no conditional and nothing reads the
+            clean gradient after the ascent.
+        clean_indices: the variables pass 1 differentiates: all, or when
+            every step ascends, all but the unperturbed ones of the SAM
+            gradient (SAM-ON's pass 1 never computes the other weight
+            gradients; pass 2 gives theirs).
+        keeps_gradient: whether the clean gradient is read after pass 2
+            (LookSAM's projection).
+    """
+
+    variable_ids: tuple[int, ...]
+    gradient_indices: tuple[int, ...]
+    perturbed_indices: tuple[int, ...]
+    geometry: Geometry | None
+    matrices: tuple[WeightMatrix, ...]
+    ascends_every_step: bool
+    clean_indices: tuple[int, ...]
+    keeps_gradient: bool
+
+
+def _gradient_indices(variables: list) -> list[int]:
+    return [
+        i
+        for i, v in enumerate(variables)
+        if keras.backend.is_float_dtype(v.dtype)
+        and not getattr(v, "overwrite_with_gradient", False)
+    ]
+
+
+def _perturbed(options: SAMOptions, model, variables, gradient_indices):
+    if not gradient_indices:
+        raise ValueError(
+            f"Model {model.name!r} has no trainable float variables, so "
+            "there is nothing to perturb (is it frozen?)."
+        )
+    selected = masks.select(
+        options.perturb, model, [variables[i] for i in gradient_indices]
+    )
+    perturbed = [i for i, s in zip(gradient_indices, selected) if s]
+    if not perturbed:
+        raise ValueError(
+            f"`perturb={options.perturb!r}` selects none of the "
+            f"{len(gradient_indices)} trainable float variables of model "
+            f"{model.name!r}; nothing would be perturbed."
+        )
+    return perturbed
+
+
+def _matrices(options: SAMOptions, model, variables, perturbed):
+    matrices = weight_matrices(model)
+    perturbed = [i for i in perturbed if id(variables[i]) in matrices]
+    if not perturbed:
+        raise ValueError(
+            f"method {options.method!r} perturbs the kernels of Dense and "
+            "EinsumDense layers, and none of them is trainable and selected "
+            f"by perturb={options.perturb!r} in model {model.name!r}."
+        )
+    return perturbed, tuple(matrices[id(variables[i])] for i in perturbed)
+
+
+def make_plan(
+    options: SAMOptions, model: keras.layers.Layer, variables: list
+) -> StepPlan:
+    """The plan for `model`'s trainable `variables` under `options`.
+
+    Raises:
+        ValueError: nothing to perturb (a frozen model, a mask that selects
+            nothing, no weight matrix for the nuclear geometries).
+    """
+    gradient_indices = _gradient_indices(variables)
+    perturbed = _perturbed(options, model, variables, gradient_indices)
+    geometry, matrices = None, ()
+    if options.geometry in NUCLEAR_GEOMETRIES:
+        perturbed, matrices = _matrices(options, model, variables, perturbed)
+    else:
+        geometry = make_geometry(options, [variables[i] for i in perturbed])
+    every_step = options.reuse is None and options.start_step == 0
+    clean = range(len(variables))
+    if every_step:
+        unread = set(gradient_indices) - set(perturbed)
+        clean = [i for i in clean if i not in unread]
+    return StepPlan(
+        variable_ids=tuple(id(v) for v in variables),
+        gradient_indices=tuple(gradient_indices),
+        perturbed_indices=tuple(perturbed),
+        geometry=geometry,
+        matrices=matrices,
+        ascends_every_step=every_step,
+        clean_indices=tuple(clean),
+        keeps_gradient=options.reuse == "look",
+    )

@@ -1,0 +1,239 @@
+"""The backend-neutral SAM step, as pure functions of values.
+
+A step on every backend: pass 1 gives the clean gradient (as Keras' own
+step does); `gather` turns it into what the method reads; `friendly_ema`
+and `direction` give the ascent direction; on an ascent step, `perturb`
+gives the perturbation, the backend runs pass 2 with it and `after_ascent`
+reads its gradient; on a reuse step, `reuse` gives the update instead;
+`commit` keeps the new state only if every gradient was finite, and
+`merge` lays the result out for the base optimizer.
+
+Conventions, by name: a *share* is this replica's share of the global
+gradient (its local mean loss divided by the replica count; the shares of
+all replicas sum to the global gradient, and the base optimizer receives
+shares). *Scaled* gradients carry the loss scale of a `LossScaleOptimizer`
+(or `loss_scale_factor`); the method's math and its state are unscaled
+float32. Lists are over `plan.gradient_indices` unless said otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import keras
+from keras import ops
+
+from keras_sam.src.methods import friendly, nuclear, schedule
+from keras_sam.src.methods.geometry import perturbation
+from keras_sam.src.methods.tensors import all_finite, to_float32
+from keras_sam.src.options import SAMOptions
+from keras_sam.src.perturbation import Dense, RankOne
+from keras_sam.src.plan import StepPlan
+from keras_sam.src.replicas import Replicas
+from keras_sam.src.state import SAMState
+
+
+class Clean(NamedTuple):
+    """Pass 1's gradient as the method reads it: float32, unscaled.
+
+    Attributes:
+        share: this replica's share, over the SAM gradient's variables.
+        total: the global gradient over the same variables, when the step
+            reads it beyond the perturbed ones (LookSAM), else `None`.
+        perturbed: the global gradient over the perturbed variables, when
+            anything reads it (the global ascent, F-SAM's EMA, nuSAM's
+            `u`), else `None`.
+        ascent: what the ascent follows over the perturbed variables: the
+            global gradient, or (`ascent="per_replica"`) this replica's own.
+        finite: whether the clean gradient is finite on every replica.
+    """
+
+    share: list
+    total: list | None
+    perturbed: list | None
+    ascent: list
+    finite: Any
+
+
+class Branch(NamedTuple):
+    """What an ascent or a reuse step gives (the same structure for both,
+    as a traced conditional requires).
+
+    Attributes:
+        gradients: the update for the base optimizer: this replica's share,
+            scaled, in each variable's dtype.
+        sharpness: `L(w + eps) - L(w)` (0 on a reuse step).
+        g_v: LookSAM's new `g_v` (this replica's share of it), or the
+            state's on a reuse step.
+        u: nuSAM's fan-in vectors after the ascent, or the state's.
+        finite: whether `gradients` is finite on this replica.
+    """
+
+    gradients: list
+    sharpness: Any
+    g_v: list
+    u: list
+    finite: Any
+
+
+def or_zeros(tensors: list, like: list, indices) -> list:
+    """`tensors[i]`, or zeros shaped like `like[i]` where it is `None` (a
+    variable without gradient), for each of `indices`."""
+    return [
+        ops.zeros_like(like[i]) if tensors[i] is None else tensors[i]
+        for i in indices
+    ]
+
+
+def unscaled(tensors: list, loss_scale) -> list:
+    """The gradients in float32 and, under loss scaling, unscaled."""
+    tensors = to_float32(tensors)
+    if loss_scale is None:
+        return tensors
+    return [t / loss_scale for t in tensors]
+
+
+def gather(
+    plan: StepPlan,
+    options: SAMOptions,
+    grads: list,
+    values: list,
+    loss_scale,
+    replicas: Replicas,
+) -> Clean:
+    """Pass 1's gradients (aligned with the trainable variables, scaled
+    shares, `None` where not differentiated) as the method reads them,
+    all-reduced where the step needs global values."""
+    gi, pi = plan.gradient_indices, plan.perturbed_indices
+    position = {i: j for j, i in enumerate(gi)}
+    share = unscaled(or_zeros(grads, values, gi), loss_scale)
+    share_p = [share[position[i]] for i in pi]
+    per_replica = options.ascent == "per_replica" and replicas.count > 1
+    total = perturbed = None
+    if options.reuse == "look":
+        total = replicas.sum(share)
+        perturbed = [total[position[i]] for i in pi]
+    elif not per_replica or options.friendly or plan.matrices:
+        perturbed = replicas.sum(share_p)
+    ascent = replicas.own(share_p) if per_replica else perturbed
+    finite = replicas.all(all_finite(share))
+    return Clean(share, total, perturbed, ascent, finite)
+
+
+def friendly_ema(options: SAMOptions, ema: list, clean: Clean, active):
+    """F-SAM's EMA after this step (unchanged before `start_step`; `[]`
+    without `friendly`)."""
+    if not options.friendly:
+        return []
+    new = friendly.ema_update(ema, clean.perturbed, options.ema_decay)
+    return [ops.where(active, n, old) for n, old in zip(new, ema)]
+
+
+def direction(options: SAMOptions, gradients: list, ema: list) -> list:
+    """The ascent direction: the gradient, or F-SAM's `g - sigma * m`."""
+    if not options.friendly:
+        return gradients
+    return friendly.direction(gradients, ema, options.sigma)
+
+
+def perturb(
+    plan: StepPlan,
+    options: SAMOptions,
+    direction: list,
+    gradients: list,
+    values: list,
+    u: list,
+    rho,
+):
+    """The perturbation of the ascent along `direction` (over the perturbed
+    variables; `gradients` are the clean ones, read by the Fisher and layer
+    geometries), and nuSAM's fan-in vectors after it."""
+    if plan.matrices:
+        matrices = [
+            m.view.to_matrix(d) for m, d in zip(plan.matrices, direction)
+        ]
+        u, v, scales = nuclear.rank_one(
+            matrices,
+            u,
+            rho,
+            options.power_iterations,
+            normalized=options.geometry == "nuclear_norm",
+        )
+        return RankOne(plan.perturbed_indices, plan.matrices, u, v, scales), u
+    weights = to_float32([values[i] for i in plan.perturbed_indices])
+    eps = perturbation(plan.geometry, direction, gradients, weights, rho)
+    return Dense(plan.perturbed_indices, eps), u
+
+
+def after_ascent(
+    plan: StepPlan,
+    options: SAMOptions,
+    clean: Clean,
+    losses: tuple,
+    grads_2: list,
+    values: list,
+    g_v: list,
+    u: list,
+    loss_scale,
+) -> Branch:
+    """The ascent step's result from pass 2's loss and gradients (`losses`
+    is `(L(w), L(w + eps))`; `grads_2` aligned with the trainable
+    variables, scaled shares); LookSAM stores its `g_v`."""
+    g_s = or_zeros(grads_2, values, plan.gradient_indices)
+    sharpness = ops.cast(losses[1], "float32") - ops.cast(losses[0], "float32")
+    if options.reuse == "look":
+        g_v = schedule.look_stored(
+            clean.total,
+            schedule.look_projection(clean.total, unscaled(g_s, loss_scale)),
+            options.reuse_scale,
+        )
+    return Branch(g_s, sharpness, list(g_v), list(u), all_finite(g_s))
+
+
+def reuse(
+    plan: StepPlan,
+    options: SAMOptions,
+    clean: Clean,
+    grads: list,
+    values: list,
+    state: SAMState,
+    active,
+    loss_scale,
+    replicas: Replicas,
+) -> Branch:
+    """A step without ascent: the clean gradient, or LookSAM's reuse
+    `g + alpha * c * g_v` (alpha = 0 before `start_step`: `g` exactly)."""
+    final = or_zeros(grads, values, plan.gradient_indices)
+    if options.reuse == "look":
+        alpha = ops.where(active, options.alpha, 0.0)
+        reused = schedule.look_reuse(
+            clean.total, state.g_v, alpha, options.reuse_scale
+        )
+        if loss_scale is not None:
+            reused = [r * loss_scale for r in reused]
+        reused = replicas.share(reused)
+        final = [ops.cast(r, f.dtype) for r, f in zip(reused, final)]
+    zero = ops.zeros((), "float32")
+    return Branch(final, zero, list(state.g_v), list(state.u), clean.finite)
+
+
+def commit(old: SAMState, new: SAMState, ok) -> SAMState:
+    """`new` if `ok`, else `old`: a step with a non-finite gradient leaves
+    the whole state, the counter included, as it was."""
+    return keras.tree.map_structure(lambda n, o: ops.where(ok, n, o), new, old)
+
+
+def merge(
+    plan: StepPlan, grads: list, gradients: list, differentiated: dict
+) -> list:
+    """The list for the base optimizer: `gradients` (over the SAM
+    gradient's variables) where a variable has a gradient, pass 1's
+    elsewhere. A variable has a gradient if pass 1 gave one or, for those
+    pass 1 did not differentiate (`plan.clean_indices`), if pass 2 did
+    (`differentiated`)."""
+    final = list(grads)
+    clean = set(plan.clean_indices)
+    for i, g in zip(plan.gradient_indices, gradients):
+        if grads[i] is not None if i in clean else differentiated[i]:
+            final[i] = g
+    return final

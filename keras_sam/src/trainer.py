@@ -1,0 +1,220 @@
+"""The part of the SAM train step that every backend shares.
+
+`SAMTrainer` is mixed into `SAMModel` through the backend's subclass
+(`keras_sam/src/backend/`), as Keras mixes its own trainers into
+`keras.Model`. A backend's `train_step` runs pass 1 as Keras' own does,
+then `_sam_update`, which composes the pure functions of `step` and calls
+back the backend's `_pass_two` for the gradient at the perturbed weights,
+then applies the result with the base optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import keras
+from keras import ops
+
+from keras_sam.src import keras_internals, step
+from keras_sam.src.methods import schedule
+from keras_sam.src.replicas import ONE_REPLICA, Replicas
+from keras_sam.src.state import SAMState
+
+
+class Update(NamedTuple):
+    """What a SAM step gives the backend to apply.
+
+    Attributes:
+        gradients: for the base optimizer, aligned with the trainable
+            variables (scaled shares; `None` where Keras' would be).
+        state: the new SAM state.
+        sharpness: `L(w + eps) - L(w)` of an ascent, else 0.
+        ascended: 1.0 if the step took an ascent whose state was kept.
+        skipped: 1.0 if the state was left as it was (a gradient was not
+            finite).
+    """
+
+    gradients: list
+    state: SAMState
+    sharpness: Any
+    ascended: Any
+    skipped: Any
+
+
+class SAMTrainer:
+    """The backend-neutral half of `SAMModel`'s train step.
+
+    A backend subclass implements `_pass_two(values, scope, inputs) ->
+    (loss, gradients)`: the loss at `values` (unscaled) and its gradients
+    (scaled, aligned with the trainable variables, `None` for variables
+    without one), with every side effect of the forward pass discarded,
+    run within `scope` (the perturbation's, see `perturbation.py`);
+    `inputs` is whatever else the backend's pass 2 needs.
+    """
+
+    def _on_create(self) -> None:
+        """What the backend sets up for a new `SAMModel` (nothing, unless
+        it says otherwise)."""
+
+    def _sam_update(
+        self,
+        grads: list,
+        values: list,
+        state: SAMState,
+        loss,
+        inputs: Any,
+        loss_scale=None,
+        replicas: Replicas = ONE_REPLICA,
+    ) -> Update:
+        """The SAM step between pass 1 (`grads`, `loss`, at `values`) and
+        the base optimizer."""
+        plan, o = self._plan, self._options
+        clean = step.gather(plan, o, grads, values, loss_scale, replicas)
+        t = state.iterations - o.start_step
+        active = ops.greater_equal(t, 0)
+        ema = step.friendly_ema(o, state.ema, clean, active)
+        direction = step.direction(o, clean.ascent, ema)
+        ascent = schedule.takes_ascent(t, o.reuse, o.k)
+        args = (clean, direction, ema, values, state, loss, inputs, loss_scale)
+        if plan.ascends_every_step:
+            branch, differentiated = self._ascend(*args, replicas)
+        else:
+            branch = ops.cond(
+                ascent,
+                lambda: self._ascend(*args, replicas)[0],
+                lambda: step.reuse(
+                    plan,
+                    o,
+                    clean,
+                    grads,
+                    values,
+                    state,
+                    active,
+                    loss_scale,
+                    replicas,
+                ),
+            )
+            differentiated = {}
+        # Replicas synchronise outside the conditional: MirroredStrategy
+        # cannot all-reduce inside one.
+        ok = ops.logical_and(clean.finite, replicas.all(branch.finite))
+        g_v = branch.g_v
+        if o.reuse == "look" and replicas.count > 1:
+            g_v = [
+                ops.where(ascent, new, old)
+                for new, old in zip(replicas.sum(g_v), state.g_v)
+            ]
+        new = SAMState(state.iterations + 1, ema, list(g_v), branch.u)
+        return Update(
+            gradients=step.merge(plan, grads, branch.gradients, differentiated),
+            state=step.commit(state, new, ok),
+            sharpness=ops.where(ok, branch.sharpness, 0.0),
+            ascended=ops.cast(ops.logical_and(ascent, ok), "float32"),
+            skipped=ops.cast(ops.logical_not(ok), "float32"),
+        )
+
+    def _ascend(
+        self,
+        clean: step.Clean,
+        direction: list,
+        ema: list,
+        values: list,
+        state: SAMState,
+        loss,
+        inputs: Any,
+        loss_scale,
+        replicas: Replicas,
+    ) -> tuple[step.Branch, dict]:
+        """The ascent branch: perturb, pass 2, read its gradient. Also
+        returns which variables pass 2 differentiated."""
+        plan, o = self._plan, self._options
+        t = state.iterations - o.start_step
+        rho = schedule.rho_at(o.rho, ops.maximum(t, 0))
+        perturbation, u = step.perturb(
+            plan, o, direction, clean.ascent, values, state.u, rho
+        )
+        if plan.matrices and clean.ascent is not clean.perturbed:
+            # Per replica: the state's u follows the global gradient.
+            global_direction = step.direction(o, clean.perturbed, ema)
+            _, u = step.perturb(
+                plan,
+                o,
+                global_direction,
+                clean.perturbed,
+                values,
+                state.u,
+                rho,
+            )
+        run_values, scope = perturbation.values(values), perturbation.scope()
+        del perturbation  # eager backends: no reference to eps in pass 2
+        loss_2, grads_2 = self._pass_two(run_values, scope, inputs)
+        differentiated = {
+            i: grads_2[i] is not None for i in plan.gradient_indices
+        }
+        branch = step.after_ascent(
+            plan,
+            o,
+            clean,
+            (loss, loss_2),
+            grads_2,
+            values,
+            state.g_v,
+            u,
+            loss_scale,
+        )
+        return branch, differentiated
+
+    def _perturbed_loss(
+        self, values, non_trainable_values, metrics_values, x, y, weights
+    ):
+        """Pass 2's loss at `values`, side effects discarded.
+
+        Runs the model functionally (`stateless_call`) with
+        `non_trainable_values` (those from before pass 1: the same dropout
+        mask, BatchNorm in training mode on the same batch statistics),
+        includes the regularization losses at `values`, and drops every
+        update to non-trainable and metric variables.
+        """
+        kwargs = {}
+        if keras_internals.call_has_training_arg(self):
+            kwargs["training"] = True
+        # `stateless_call` skips `__call__`'s name scope; without it the
+        # wrapped model would open a root TF scope, which rejects names
+        # starting with "_".
+        with keras.name_scope(self.name):
+            y_pred, _, losses = self.stateless_call(
+                values, non_trainable_values, x, return_losses=True, **kwargs
+            )
+        mapping = list(zip(self.metrics_variables, metrics_values))
+        with keras_internals.losses_override(self, losses):
+            with keras.StatelessScope(state_mapping=mapping):
+                return keras_internals.compute_loss(self, x, y, y_pred, weights)
+
+    def _loss_scale(self):
+        """The factor by which `optimizer.scale_loss` multiplies the loss
+        (float32): a `LossScaleOptimizer`'s current scale, or any
+        optimizer's `loss_scale_factor`; `None` when the loss is not
+        scaled."""
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return ops.cast(optimizer.dynamic_scale, "float32")
+        if optimizer.loss_scale_factor is not None:
+            return ops.cast(optimizer.loss_scale_factor, "float32")
+        return None
+
+    def _track(self, update: Update) -> None:
+        """The step's `sharpness` (averaged over its ascents) and
+        `sam_skipped` (counted) into their metrics."""
+        sharpness = keras_internals.unscale_loss_for_distribution(
+            update.sharpness
+        )
+        self._sharpness_tracker.update_state(
+            sharpness, sample_weight=update.ascended
+        )
+        self._skipped_tracker.update_state(update.skipped)
+
+    def _train_logs(self, x, y, y_pred, sample_weight):
+        """The logs of a train step: the compiled metrics, `sharpness` and
+        `sam_skipped`."""
+        with self._logging_sharpness():
+            return self.compute_metrics(x, y, y_pred, sample_weight)

@@ -1,0 +1,215 @@
+"""The step's pure functions (`keras_sam/src/step.py`), without a model:
+each one on small lists of tensors against NumPy."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_sam.src import step
+from keras_sam.src.methods.geometry import l2
+from keras_sam.src.options import resolve_options
+from keras_sam.src.perturbation import Dense
+from keras_sam.src.plan import StepPlan
+from keras_sam.src.replicas import ONE_REPLICA, Replicas
+from keras_sam.src.state import SAMState
+
+# Four trainable variables: 0 and 1 perturbed, 2 in the SAM gradient but not
+# perturbed, 3 outside it (say a float8 scale).
+PLAN = StepPlan(
+    variable_ids=(0, 1, 2, 3),
+    gradient_indices=(0, 1, 2),
+    perturbed_indices=(0, 1),
+    geometry=l2,
+    matrices=(),
+    ascends_every_step=False,
+    clean_indices=(0, 1, 2, 3),
+    keeps_gradient=False,
+)
+VALUES = [np.full((2,), 1.0), np.full((3,), 2.0), np.ones((2, 2)), np.ones(1)]
+GRADS = [np.array([3.0, 4.0]), np.zeros(3), np.full((2, 2), 0.5), np.ones(1)]
+
+
+def _t(arrays):
+    return [
+        None if a is None else ops.convert_to_tensor(a, "float32")
+        for a in arrays
+    ]
+
+
+def _np(tensors):
+    return [ops.convert_to_numpy(t) for t in tensors]
+
+
+def _flat(arrays):
+    return np.concatenate([np.ravel(a) for a in arrays])
+
+
+def _gather(options, grads=GRADS, loss_scale=None, replicas=ONE_REPLICA):
+    return step.gather(
+        PLAN, options, _t(grads), _t(VALUES), loss_scale, replicas
+    )
+
+
+def test_gather_unscales_and_fills_zeros():
+    grads = [GRADS[0] * 8.0, None, GRADS[2] * 8.0, GRADS[3]]
+    clean = _gather(resolve_options("sam"), grads, loss_scale=8.0)
+    share = _np(clean.share)
+    np.testing.assert_allclose(share[0], GRADS[0])
+    np.testing.assert_array_equal(share[1], np.zeros(3))  # None: zeros
+    np.testing.assert_allclose(share[2], GRADS[2])
+    assert all(s.dtype == np.float32 for s in share)
+    # SAM reads the global gradient of the perturbed variables only.
+    assert clean.total is None
+    np.testing.assert_allclose(_flat(_np(clean.perturbed)), _flat(share[:2]))
+    assert clean.ascent is clean.perturbed
+    assert bool(ops.convert_to_numpy(clean.finite))
+
+
+def test_gather_reads_the_total_for_looksam_and_flags_non_finite():
+    grads = list(GRADS)
+    grads[2] = np.array([[np.nan, 0.0], [0.0, 0.0]])
+    clean = _gather(resolve_options("looksam"), grads)
+    assert len(clean.total) == 3
+    assert not bool(ops.convert_to_numpy(clean.finite))
+
+
+def test_gather_per_replica():
+    """Two replicas that hold the same shares: the global gradient is their
+    sum; the own gradient of a replica is its share times the count."""
+    replicas = Replicas(2, lambda tensors: [2.0 * t for t in tensors])
+    options = resolve_options("sam", ascent="per_replica")
+    clean = _gather(options, replicas=replicas)
+    assert clean.perturbed is None  # nothing reads the global one
+    np.testing.assert_allclose(_np(clean.ascent)[0], 2.0 * GRADS[0])
+    friendly = _gather(
+        resolve_options("fsam", ascent="per_replica"), replicas=replicas
+    )
+    np.testing.assert_allclose(_np(friendly.perturbed)[0], 2.0 * GRADS[0])
+
+
+def test_friendly_ema_and_direction():
+    options = resolve_options("fsam", ema_decay=0.5, sigma=0.8)
+    clean = _gather(options)
+    old = _t([np.ones(2), np.ones(3)])
+    ema = step.friendly_ema(options, old, clean, ops.convert_to_tensor(True))
+    expected = [0.5 * np.ones(2) + 0.5 * GRADS[0], 0.5 * np.ones(3)]
+    np.testing.assert_allclose(_flat(_np(ema)), _flat(expected))
+    d = step.direction(options, clean.ascent, ema)
+    np.testing.assert_allclose(
+        _flat(_np(d)), _flat([GRADS[0], np.zeros(3)]) - 0.8 * _flat(expected)
+    )
+    # Before start_step the EMA stays; without friendly there is none.
+    kept = step.friendly_ema(options, old, clean, ops.convert_to_tensor(False))
+    np.testing.assert_array_equal(_flat(_np(kept)), np.ones(5))
+    assert step.friendly_ema(resolve_options("sam"), [], clean, True) == []
+
+
+def test_perturb_is_the_geometry_on_the_perturbed_variables():
+    options = resolve_options("sam", rho=0.5)
+    clean = _gather(options)
+    perturbation, u = step.perturb(
+        PLAN, options, clean.ascent, clean.ascent, _t(VALUES), [], 0.5
+    )
+    assert isinstance(perturbation, Dense) and u == []
+    shifted = _np(perturbation.values(_t(VALUES)))
+    g = _flat([GRADS[0], np.zeros(3)])
+    np.testing.assert_allclose(
+        _flat(shifted[:2]), _flat(VALUES[:2]) + 0.5 * g / np.linalg.norm(g)
+    )
+    np.testing.assert_array_equal(shifted[2], VALUES[2])  # not perturbed
+
+
+def test_after_ascent_stores_lookSAM_g_v():
+    options = resolve_options("looksam", reuse_scale="stored")
+    clean = _gather(options)
+    g_s = [np.array([1.0, 1.0]), np.ones(3), np.zeros((2, 2)), np.ones(1)]
+    branch = step.after_ascent(
+        PLAN, options, clean, (1.0, 1.25), _t(g_s), _t(VALUES), [], [], None
+    )
+    np.testing.assert_allclose(float(branch.sharpness), 0.25)
+    g, gs = _flat(GRADS[:3]), _flat(g_s[:3])
+    np.testing.assert_allclose(
+        _flat(_np(branch.g_v)), gs - (g @ gs) / (g @ g) * g, rtol=1e-6
+    )
+    assert _np(branch.gradients)[0].tolist() == [1.0, 1.0]
+    assert bool(ops.convert_to_numpy(branch.finite))
+
+
+def test_reuse_is_the_clean_gradient_or_lookSAM_reuse():
+    sam_k = resolve_options("samk")
+    state = SAMState(0, [], [], [])
+    branch = step.reuse(
+        PLAN,
+        sam_k,
+        _gather(sam_k),
+        _t(GRADS),
+        _t(VALUES),
+        state,
+        True,
+        None,
+        ONE_REPLICA,
+    )
+    np.testing.assert_array_equal(
+        _flat(_np(branch.gradients)), _flat(GRADS[:3])
+    )
+    look = resolve_options("looksam", reuse_scale="stored", alpha=0.5)
+    g_v = [np.ones(2), np.zeros(3), np.ones((2, 2))]
+    state = SAMState(0, [], _t(g_v), [])
+    scaled = [2.0 * g for g in GRADS]  # pass 1 under a loss scale of 2
+    branch = step.reuse(
+        PLAN,
+        look,
+        _gather(look, scaled, 2.0),
+        _t(scaled),
+        _t(VALUES),
+        state,
+        True,
+        2.0,
+        ONE_REPLICA,
+    )
+    # g + alpha * g_v, scaled again for the optimizer.
+    expected = 2.0 * (_flat(GRADS[:3]) + 0.5 * _flat(g_v))
+    np.testing.assert_allclose(_flat(_np(branch.gradients)), expected)
+
+
+def test_commit_keeps_the_old_state_unless_ok():
+    old = SAMState(ops.convert_to_tensor(3), _t([np.zeros(2)]), [], [])
+    new = SAMState(ops.convert_to_tensor(4), _t([np.ones(2)]), [], [])
+    kept = step.commit(old, new, ops.convert_to_tensor(False))
+    assert int(ops.convert_to_numpy(kept.iterations)) == 3
+    moved = step.commit(old, new, ops.convert_to_tensor(True))
+    assert int(ops.convert_to_numpy(moved.iterations)) == 4
+    np.testing.assert_array_equal(_np(moved.ema)[0], np.ones(2))
+
+
+def test_merge_lays_out_the_update_for_the_optimizer():
+    update = ["a", "b", "c"]
+    grads = ["g0", None, "g2", "g3"]
+    # A variable without pass-1 gradient keeps None; one outside the SAM
+    # gradient keeps its pass-1 gradient.
+    assert step.merge(PLAN, grads, update, {}) == ["a", None, "c", "g3"]
+    # Variables pass 1 did not differentiate: pass 2 decides.
+    plan = dataclasses.replace(PLAN, clean_indices=(0, 1, 3))
+    merged = step.merge(plan, grads, update, {2: True})
+    assert merged == ["a", None, "c", "g3"]
+    assert step.merge(plan, grads, update, {2: False})[2] == "g2"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_pass_two_is_flagged(bad):
+    options = resolve_options("sam")
+    g_s = [np.array([bad, 0.0]), np.ones(3), np.ones((2, 2)), np.ones(1)]
+    branch = step.after_ascent(
+        PLAN,
+        options,
+        _gather(options),
+        (1.0, 2.0),
+        _t(g_s),
+        _t(VALUES),
+        [],
+        [],
+        None,
+    )
+    assert not bool(ops.convert_to_numpy(branch.finite))
