@@ -1,17 +1,22 @@
-"""Peak host memory of a training step: base optimizer vs SAM vs nuSAM.
+"""Peak memory of a training step: base optimizer vs SAM vs nuSAM.
 
-Each (backend, method) runs in its own process: build a wide MLP (>= 50M
-parameters), compile with plain SGD (no optimizer state, so the SAM state and
-transients stand out), take one warm-up step (tracing, compilation, first
-allocations), reset the kernel's peak-RSS mark (`/proc/self/clear_refs`),
-run a few steps and read the peak (`VmHWM`). Each cell is the median of
-`--repeats` processes (TensorFlow's executor runs ready ops in a varying
-order, so its peak varies from run to run). The table reports each method's
-extra peak over the base optimizer as a fraction of the parameter bytes, and
-the step-time ratio nuSAM / SAM. Linux only.
+Each (backend, method) runs in its own process: build the model (a wide MLP
+of >= 50M parameters, or a ViT, whose attention kernels are EinsumDense),
+compile with plain SGD (no optimizer state, so the SAM state and transients
+stand out), take one warm-up step (tracing, compilation, first
+allocations), reset the peak marks, run a few steps and read the peaks: the
+process's peak RSS (`VmHWM`, after `/proc/self/clear_refs`) and, on a GPU,
+the peak device memory (TensorFlow and torch reset it; JAX cannot, so its
+device column is the peak since the process started). Each cell is the
+median of `--repeats` processes (TensorFlow's executor runs ready ops in a
+varying order, so its peak varies from run to run). The table reports each
+method's extra peak over the base optimizer as a fraction of the parameter
+bytes, and the step-time ratio nuSAM / SAM. Linux only.
 
-    python benchmarks/memory.py                 # all backends
-    python benchmarks/memory.py --backends jax  # one
+    python benchmarks/memory.py                          # all backends
+    python benchmarks/memory.py --backends jax           # one
+    python benchmarks/memory.py --depth 16 --width 1792  # another MLP
+    python benchmarks/memory.py --model vit              # the ViT
 """
 
 from __future__ import annotations
@@ -36,44 +41,111 @@ def _status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(
-    method: str, width: int, depth: int, batch: int, steps: int, jit: str
-):
+def _model(kind: str, width: int, depth: int):
+    import keras
+
+    if kind == "vit":
+        from keras_sam.demo.models import vit
+
+        return vit(32, 4, 3, 10, dim=width, depth=depth, heads=width // 64)
+    layers = [keras.Input((width,))]
+    layers += [
+        keras.layers.Dense(width, activation="relu") for _ in range(depth)
+    ]
+    layers.append(keras.layers.Dense(10))
+    return keras.Sequential(layers)
+
+
+class _DevicePeak:
+    """The peak device memory on a GPU (bytes), else `None`."""
+
+    def __init__(self):
+        import keras
+
+        self.backend = keras.backend.backend()
+        self.gpu = _on_gpu(self.backend)
+
+    def reset(self) -> None:
+        if not self.gpu:
+            return
+        if self.backend == "torch":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        elif self.backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.experimental.reset_memory_stats("GPU:0")
+
+    def peak(self) -> float | None:
+        if not self.gpu:
+            return None
+        if self.backend == "torch":
+            import torch
+
+            torch.cuda.synchronize()
+            return float(torch.cuda.max_memory_allocated())
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            return float(
+                tf.config.experimental.get_memory_info("GPU:0")["peak"]
+            )
+        import jax
+
+        return float(jax.devices()[0].memory_stats()["peak_bytes_in_use"])
+
+
+def _on_gpu(backend: str) -> bool:
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def worker(method: str, args) -> None:
     """Runs in a child process; prints one JSON line."""
     import keras
     import numpy as np
 
     from keras_sam import SAMModel
 
-    layers = [keras.Input((width,))]
-    layers += [
-        keras.layers.Dense(width, activation="relu") for _ in range(depth)
-    ]
-    layers.append(keras.layers.Dense(10))
-    model = keras.Sequential(layers)
+    model = _model(args.model, args.width, args.depth)
     trainer = model if method == "base" else SAMModel(model, method=method)
     trainer.compile(
         optimizer=keras.optimizers.SGD(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile={"auto": "auto", "true": True, "false": False}[jit],
+        jit_compile={"auto": "auto", "true": True, "false": False}[
+            args.jit_compile
+        ],
     )
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch, width)).astype("float32")
-    y = rng.integers(0, 10, size=batch)
+    shape = (32, 32, 3) if args.model == "vit" else (args.width,)
+    x = rng.normal(size=(args.batch, *shape)).astype("float32")
+    y = rng.integers(0, 10, size=args.batch)
     trainer.train_on_batch(x, y)  # warm-up
+    device = _DevicePeak()
+    device.reset()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark to the current RSS
-    before = _status("VmRSS")
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(args.steps):
         trainer.train_on_batch(x, y)
-    seconds = (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / args.steps
     print(
         json.dumps(
             {
                 "params": model.count_params(),
-                "rss_before": before,
                 "peak": _status("VmHWM"),
+                "device_peak": device.peak(),
                 "step_seconds": seconds,
             }
         )
@@ -83,10 +155,13 @@ def worker(
 def run(backend: str, method: str, args) -> dict:
     """The median peak and step time of `args.repeats` processes."""
     runs = [run_once(backend, method, args) for _ in range(args.repeats)]
-    return {
+    out = {
         key: statistics.median(r[key] for r in runs)
         for key in ("params", "peak", "step_seconds")
     }
+    devices = [r["device_peak"] for r in runs if r["device_peak"] is not None]
+    out["device_peak"] = statistics.median(devices) if devices else None
+    return out
 
 
 def run_once(backend: str, method: str, args) -> dict:
@@ -105,16 +180,9 @@ def run_once(backend: str, method: str, args) -> dict:
         __file__,
         "--worker",
         method,
-        "--width",
-        str(args.width),
-        "--depth",
-        str(args.depth),
-        "--batch",
-        str(args.batch),
-        "--steps",
-        str(args.steps),
-        "--jit-compile",
-        args.jit_compile,
+        *("--model", args.model, "--width", str(args.width)),
+        *("--depth", str(args.depth), "--batch", str(args.batch)),
+        *("--steps", str(args.steps), "--jit-compile", args.jit_compile),
     ]
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     if out.returncode:
@@ -122,12 +190,28 @@ def run_once(backend: str, method: str, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _extra(r: dict, key: str, param_bytes: int) -> str:
+    if r["base"][key] is None:
+        return "-"
+    return "/".join(
+        f"{(r[m][key] - r['base'][key]) / param_bytes:.0%}"
+        for m in ("sam", "nusam")
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="tensorflow,jax,torch")
-    parser.add_argument("--width", type=int, default=3584)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--model", choices=("mlp", "vit"), default="mlp")
+    parser.add_argument(
+        "--width", type=int, help="Defaults to 3584 (MLP) or 768 (ViT)."
+    )
+    parser.add_argument(
+        "--depth", type=int, help="Defaults to 4 (MLP) or 6 (ViT)."
+    )
+    parser.add_argument(
+        "--batch", type=int, help="Defaults to 64 (MLP) or 16 (ViT)."
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -138,36 +222,33 @@ def main() -> None:
     )
     parser.add_argument("--worker", choices=METHODS)
     args = parser.parse_args()
+    vit = args.model == "vit"
+    args.width = args.width or (768 if vit else 3584)
+    args.depth = args.depth or (6 if vit else 4)
+    args.batch = args.batch or (16 if vit else 64)
     if args.worker:
-        worker(
-            args.worker,
-            args.width,
-            args.depth,
-            args.batch,
-            args.steps,
-            args.jit_compile,
-        )
+        worker(args.worker, args)
         return
     print(
-        f"MLP {args.depth} x Dense({args.width}), batch {args.batch}, SGD, "
-        f"jit_compile={args.jit_compile}; "
-        "peak RSS over the steady-state steps, one process per cell"
+        f"{args.model} width {args.width} depth {args.depth}, batch "
+        f"{args.batch}, SGD, jit_compile={args.jit_compile}; peaks over the "
+        "steady-state steps, one process per cell; extra = SAM/nuSAM peak "
+        "above the base optimizer's, as a share of the parameter bytes"
     )
     print(
-        f"{'backend':<12}{'params':>8}{'base peak':>11}{'SAM extra':>11}"
-        f"{'nuSAM extra':>13}{'nuSAM/SAM time':>16}"
+        f"{'backend':<12}{'params':>8}{'base RSS':>10}{'RSS extra':>14}"
+        f"{'device extra':>14}{'nuSAM/SAM time':>16}"
     )
     for backend in args.backends.split(","):
         r = {m: run(backend, m, args) for m in METHODS}
         param_bytes = 4 * r["base"]["params"]
-        extra = {
-            m: (r[m]["peak"] - r["base"]["peak"]) / param_bytes for m in METHODS
-        }
         print(
             f"{backend:<12}{r['base']['params'] / 1e6:>7.1f}M"
-            f"{r['base']['peak'] / 2**20:>9.0f}MB"
-            f"{extra['sam']:>10.0%} {extra['nusam']:>12.0%}"
-            f"{r['nusam']['step_seconds'] / r['sam']['step_seconds']:>16.2f}"
+            f"{r['base']['peak'] / 2**20:>8.0f}MB"
+            f"{_extra(r, 'peak', param_bytes):>14}"
+            f"{_extra(r, 'device_peak', param_bytes):>14}"
+            f"{r['nusam']['step_seconds'] / r['sam']['step_seconds']:>16.2f}",
+            flush=True,
         )
 
 

@@ -185,16 +185,18 @@ def test_commit_keeps_the_old_state_unless_ok():
 
 
 def test_merge_lays_out_the_update_for_the_optimizer():
+    clean = _gather(resolve_options("sam"), [GRADS[0], None, *GRADS[2:]])
+    assert clean.present == (True, False, True, True)
     update = ["a", "b", "c"]
-    grads = ["g0", None, "g2", "g3"]
     # A variable without pass-1 gradient keeps None; one outside the SAM
     # gradient keeps its pass-1 gradient.
-    assert step.merge(PLAN, grads, update, {}) == ["a", None, "c", "g3"]
+    merged = step.merge(PLAN, clean, update, {})
+    assert merged[:3] == ["a", None, "c"]
+    np.testing.assert_array_equal(ops.convert_to_numpy(merged[3]), GRADS[3])
     # Variables pass 1 did not differentiate: pass 2 decides.
     plan = dataclasses.replace(PLAN, clean_indices=(0, 1, 3))
-    merged = step.merge(plan, grads, update, {2: True})
-    assert merged == ["a", None, "c", "g3"]
-    assert step.merge(plan, grads, update, {2: False})[2] == "g2"
+    assert step.merge(plan, clean, update, {2: True})[2] == "c"
+    assert step.merge(plan, clean, update, {2: False})[2] is None
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

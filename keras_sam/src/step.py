@@ -46,6 +46,10 @@ class Clean(NamedTuple):
         ascent: what the ascent follows over the perturbed variables: the
             global gradient, or (`ascent="per_replica"`) this replica's own.
         finite: whether the clean gradient is finite on every replica.
+        present: for each trainable variable, whether pass 1 gave it a
+            gradient.
+        others: pass 1's gradients (scaled shares) of the trainable
+            variables outside the SAM gradient, by index.
     """
 
     share: list
@@ -53,6 +57,8 @@ class Clean(NamedTuple):
     perturbed: list | None
     ascent: list
     finite: Any
+    present: tuple[bool, ...]
+    others: dict
 
 
 class Branch(NamedTuple):
@@ -117,7 +123,9 @@ def gather(
         perturbed = replicas.sum(share_p)
     ascent = replicas.own(share_p) if per_replica else perturbed
     finite = replicas.all(all_finite(share))
-    return Clean(share, total, perturbed, ascent, finite)
+    present = tuple(g is not None for g in grads)
+    others = {i: g for i, g in enumerate(grads) if i not in position}
+    return Clean(share, total, perturbed, ascent, finite, present, others)
 
 
 def friendly_ema(options: SAMOptions, ema: list, clean: Clean, active):
@@ -224,16 +232,21 @@ def commit(old: SAMState, new: SAMState, ok) -> SAMState:
 
 
 def merge(
-    plan: StepPlan, grads: list, gradients: list, differentiated: dict
+    plan: StepPlan, clean: Clean, gradients: list, differentiated: dict
 ) -> list:
     """The list for the base optimizer: `gradients` (over the SAM
-    gradient's variables) where a variable has a gradient, pass 1's
-    elsewhere. A variable has a gradient if pass 1 gave one or, for those
-    pass 1 did not differentiate (`plan.clean_indices`), if pass 2 did
+    gradient's variables) where a variable has a gradient, pass 1's for
+    the variables outside the SAM gradient, `None` elsewhere. A variable has
+    a gradient if pass 1 gave one or, for those pass 1 did not
+    differentiate (`plan.clean_indices`), if pass 2 did
     (`differentiated`)."""
-    final = list(grads)
-    clean = set(plan.clean_indices)
+    final = [clean.others.get(i) for i in range(len(clean.present))]
+    differentiated_by_pass_one = set(plan.clean_indices)
     for i, g in zip(plan.gradient_indices, gradients):
-        if grads[i] is not None if i in clean else differentiated[i]:
+        if i in differentiated_by_pass_one:
+            has_gradient = clean.present[i]
+        else:
+            has_gradient = differentiated[i]
+        if has_gradient:
             final[i] = g
     return final

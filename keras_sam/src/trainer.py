@@ -75,13 +75,13 @@ class SAMTrainer:
         ema = step.friendly_ema(o, state.ema, clean, active)
         direction = step.direction(o, clean.ascent, ema)
         ascent = schedule.takes_ascent(t, o.reuse, o.k)
-        args = (clean, direction, ema, values, state, loss, inputs, loss_scale)
+        args = (clean, direction, ema, values, state, loss, grads, inputs)
         if plan.ascends_every_step:
-            branch, differentiated = self._ascend(*args, replicas)
+            branch, differentiated = self._ascend(*args, loss_scale, replicas)
         else:
             branch = ops.cond(
                 ascent,
-                lambda: self._ascend(*args, replicas)[0],
+                lambda: self._ascend(*args, loss_scale, replicas)[0],
                 lambda: step.reuse(
                     plan,
                     o,
@@ -106,7 +106,7 @@ class SAMTrainer:
             ]
         new = SAMState(state.iterations + 1, ema, list(g_v), branch.u)
         return Update(
-            gradients=step.merge(plan, grads, branch.gradients, differentiated),
+            gradients=step.merge(plan, clean, branch.gradients, differentiated),
             state=step.commit(state, new, ok),
             sharpness=ops.where(ok, branch.sharpness, 0.0),
             ascended=ops.cast(ops.logical_and(ascent, ok), "float32"),
@@ -121,6 +121,7 @@ class SAMTrainer:
         values: list,
         state: SAMState,
         loss,
+        grads: list,
         inputs: Any,
         loss_scale,
         replicas: Replicas,
@@ -147,6 +148,7 @@ class SAMTrainer:
             )
         run_values, scope = perturbation.values(values), perturbation.scope()
         del perturbation  # eager backends: no reference to eps in pass 2
+        self._release_clean_gradient(clean, direction, grads)
         loss_2, grads_2 = self._pass_two(run_values, scope, inputs)
         differentiated = {
             i: grads_2[i] is not None for i in plan.gradient_indices
@@ -163,6 +165,10 @@ class SAMTrainer:
             loss_scale,
         )
         return branch, differentiated
+
+    def _release_clean_gradient(self, *lists) -> None:
+        """Where an eager backend frees pass 1's gradient before pass 2
+        (compiled backends leave it to the compiler)."""
 
     def _perturbed_loss(
         self, values, non_trainable_values, metrics_values, x, y, weights

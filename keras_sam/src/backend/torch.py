@@ -102,6 +102,23 @@ class TorchSAMTrainer(SAMTrainer):
         self._track(update)
         return self._train_logs(x, y, y_pred, sample_weight)
 
+    def _release_clean_gradient(self, clean, direction, grads) -> None:
+        """Pass 1's gradient is dead once the perturbation exists (unless
+        LookSAM projects onto it after pass 2): empties every list that
+        holds it, so that torch frees it before pass 2 allocates its own."""
+        if self._plan.keeps_gradient:
+            return
+        for tensors in (
+            clean.share,
+            clean.total,
+            clean.perturbed,
+            clean.ascent,
+        ):
+            if tensors is not None:
+                tensors.clear()
+        direction.clear()
+        grads.clear()
+
     def _pass_one(self, x, y, sample_weight):
         """As `keras.src.backend.torch.trainer` does it, differentiated with
         respect to the variables whose clean gradient the step reads."""
@@ -124,7 +141,9 @@ class TorchSAMTrainer(SAMTrainer):
         )
         grads = [None] * len(variables)
         for i in clean:
-            grads[i] = variables[i].value.grad
+            # Only `grads` holds pass 1's gradient (`.grad` is Keras' next
+            # `zero_grad()`'s anyway), so that it can be freed early.
+            grads[i], variables[i].value.grad = variables[i].value.grad, None
         return loss, grads, y_pred
 
     def _pass_two(self, values, scope, inputs: _PassInputs):
