@@ -5,13 +5,19 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if os.environ.get("KERAS_BACKEND") == "jax":
-    # The suite compiles hundreds of tiny XLA programs; LLVM's
-    # optimizations cost a third of its time and buy nothing at this size.
+    # The suite compiles hundreds of tiny XLA programs, and compiling is
+    # most of its time: LLVM's optimizations and XLA:CPU's fusion emitters
+    # cost two thirds of each compilation and buy nothing at this size (the
+    # numbers are the same: the golden tests pass unchanged). One thread per
+    # pytest-xdist worker: the models are tiny, and two workers share two
+    # cores.
     os.environ["XLA_FLAGS"] = " ".join(
         [
             os.environ.get("XLA_FLAGS", ""),
             "--xla_backend_optimization_level=0",
             "--xla_llvm_disable_expensive_passes=true",
+            "--xla_cpu_use_fusion_emitters=false",
+            "--xla_cpu_multi_thread_eigen=false",
         ]
     ).strip()
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -20,6 +26,15 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 BACKEND = keras.backend.backend()
+# One intra-op thread per pytest-xdist worker (two workers share two cores).
+if BACKEND == "torch":
+    import torch
+
+    torch.set_num_threads(1)
+elif BACKEND == "tensorflow":
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -30,24 +45,30 @@ def _fresh_session():
     yield
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """One torch intra-op thread for a module of tiny models: on a busy
-    2-core machine torch's 2 spinning threads make such a step up to 25x
-    slower."""
-    if keras.backend.backend() != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # The examples (examples/*.py, not part of the package) import in their tests.
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+
+# Longest files first: pytest-xdist hands out whole files (`--dist
+# loadfile`) in collection order, so a long file collected last would leave
+# one worker running it alone at the end.
+SLOW_FIRST = (
+    "test_distributed.py",
+    "test_examples.py",
+    "test_saving.py",
+    "test_models.py",
+    "test_real_models.py",
+    "test_demo.py",
+    "test_fidelity.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)

@@ -22,10 +22,6 @@ TINY_VIT = ["--dim", "16", "--depth", "1", "--heads", "2"]
 WHOLE_SET = ["--batch-size", "2048"]
 
 
-# Tiny models: one torch thread (see conftest.one_torch_thread).
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 def _check(logs: dict, out: str) -> None:
     """The returned test logs are sane and the last line of the output
     `out` is `final: accuracy=..., loss=...` with the same values."""

@@ -178,15 +178,30 @@ CASES = {
 }
 
 
+# case -> (compiled SAMModel, the initial values of all its variables): the
+# two tests of a case share one model and its compiled step, reset to the
+# start (weights, SAM state, optimizer) before each run.
+_MODELS = {}
+
+
 def _setup(case):
     options, config = CASES[case]
     params = init_params()
     x, y = make_batches()
     x = x.astype("float32")
-    model = reference_mlp(params)
-    sam = SAMModel(model, **options)
-    compile_sgd(sam)
-    return sam, model, Reference(config, params, LR), x, y
+    if case not in _MODELS:
+        sam = SAMModel(reference_mlp(params), **options)
+        compile_sgd(sam)
+        sam.optimizer.build(sam.trainable_variables)
+        variables = sam.variables + sam.optimizer.variables
+        _MODELS[case] = sam, [keras.ops.convert_to_numpy(v) for v in variables]
+    sam, initial = _MODELS[case]
+    for variable, value in zip(
+        sam.variables + sam.optimizer.variables, initial
+    ):
+        variable.assign(value)
+    sam.reset_metrics()
+    return sam, sam.inner, Reference(config, params, LR), x, y
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -14,9 +14,6 @@ from keras_sam import SAMModel
 from keras_sam.demo.models import resnet
 from keras_sam.optimizers import LAMB
 
-# Tiny models: one torch thread (see conftest.one_torch_thread).
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @functools.cache
 def _digits(n):
