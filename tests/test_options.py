@@ -383,13 +383,14 @@ def test_invalid_new_options(kwargs, error, fragments):
 
 def test_docstring_preset_table_is_presets():
     rows = re.findall(
-        r"^    \| `\"(\w+)\"` \| (\w+) \| (yes|no) \| (\w+) \| ([\w ]+) \|$",
+        r"^    \| `\"(\w+)\"` \| (\w+) \| (yes|no) \| (\w+) \| (\w+) "
+        r"\| ([\w ]+) \|$",
         SAMModel.__doc__,
         re.MULTILINE,
     )
     table = {
-        name: (geometry, friendly == "yes", reuse, perturb)
-        for name, geometry, friendly, reuse, perturb in rows
+        name: (geometry, friendly == "yes", reuse, descent, perturb)
+        for name, geometry, friendly, reuse, descent, perturb in rows
     }
     expected = {}
     for name, preset in PRESETS.items():
@@ -398,6 +399,7 @@ def test_docstring_preset_table_is_presets():
             preset.geometry,
             preset.values.get("friendly", False),
             preset.values.get("reuse") or "none",
+            preset.values.get("descent", "sam"),
             "weight matrices"
             if matrices
             else preset.values.get("perturb", "all"),
