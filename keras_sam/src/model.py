@@ -297,8 +297,9 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         change).
 
         Raises:
-            ValueError: `rho` or `perturb` is a callable that Keras cannot
-                rebuild (see `SAMModel` saving in the docs).
+            ValueError: `rho`, `perturb` or `policy_threshold` is a callable
+                that Keras cannot rebuild (see `SAMModel` saving in the
+                docs).
         """
         config = {
             "name": self.name,
@@ -317,7 +318,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         model = keras.saving.deserialize_keras_object(
             config.pop("model"), custom_objects=custom_objects
         )
-        for name in ("rho", "perturb"):
+        for name in ("rho", "perturb", "policy_threshold"):
             if name in config:
                 config[name] = deserialize_option(config[name])
         return cls(model, **config)
