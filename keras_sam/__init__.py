@@ -1,12 +1,14 @@
 """keras-sam: Sharpness-Aware Minimization and its variants for Keras 3.
 
 The public API: `SAMModel`, its presets and resolved options, the state it
-keeps, and `keras_sam.optimizers`. Everything under `keras_sam.src` is
+keeps, `ProportionalRho` (a radius that follows the learning rate, GSAM's)
+and `keras_sam.optimizers`. Everything under `keras_sam.src` is
 private; `keras_sam.demo` (the `keras-sam demo` command and its models) is
 not imported by the library.
 """
 
 from keras_sam import optimizers
+from keras_sam.src.methods.schedule import ProportionalRho
 from keras_sam.src.model import SAMModel
 from keras_sam.src.options import PRESETS, Preset, SAMOptions
 from keras_sam.src.state import SAMState
@@ -16,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "Preset",
+    "ProportionalRho",
     "SAMModel",
     "SAMOptions",
     "SAMState",

@@ -1,5 +1,6 @@
-"""What the distributed tests train: every preset (and a composition with a
-delayed start, F-SAM and LookSAM) on the reference MLP, through `fit`."""
+"""What the distributed tests train: every preset (and compositions: a
+delayed start with F-SAM and LookSAM; AE-LookSAM, whose policy keeps state)
+on the reference MLP, through `fit`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from test_golden import CASES as GOLDEN
 
 from keras_sam import PRESETS, SAMModel
 
-CASES = {name: GOLDEN[name] for name in (*PRESETS, "look_fsam_delayed")}
+CASES = {
+    name: GOLDEN[name] for name in (*PRESETS, "look_fsam_delayed", "aelooksam")
+}
 STEPS, BATCH = 6, 16
 # Models trained one after the other in one process, each under a strategy
 # (or distribution) of its own: a plain Keras model is "plain".

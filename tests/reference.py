@@ -14,6 +14,19 @@ Papers (under shared/papers):
     ASAM / Fisher / linf / SAM-ON: Mueller et al. 2023, eq. 5 and Table 9.
     F-SAM: Li et al. 2024, Alg. 1.
     LayerSAM, LookSAM, SAM-k: Liu et al. 2022, eq. 4 and 7, Alg. 1-3.
+
+Papers not under shared/papers (the descent rules and AE-SAM's schedule):
+    GSAM: Zhuang et al., "Surrogate Gap Minimization Improves
+        Sharpness-Aware Training", ICLR 2022, Alg. 1 (the decomposition of
+        the clean gradient against the perturbed one).
+    WSAM: Yue et al., "Sharpness-Aware Minimization Revisited: Weighted
+        Sharpness as a Regularization Term", KDD 2023 (the WSAM loss, its
+        decoupled update, Alg. 1).
+    AE-SAM / AE-LookSAM: Jiang et al., "An Adaptive Policy to Employ
+        Sharpness-Aware Minimization", ICLR 2023, Sec. 3 (the running
+        statistics of ||g||^2 and the test against them).
+    Adam (for the decoupled WSAM test): Kingma & Ba, ICLR 2015, Alg. 1 in
+        the "more efficient" order of its Sec. 2.
 """
 
 from __future__ import annotations
@@ -139,6 +152,13 @@ class Config:
     rho: object = 0.05  # float, or a function of the SAM step t
     power_iterations: int = 1
     exact_svd: bool = False  # nuclear: the exact top singular pair instead
+    policy: str = "periodic"  # periodic | adaptive (AE-SAM)
+    policy_decay: float = 0.9  # AE-SAM's delta
+    policy_threshold: object = 0.0  # AE-SAM's c_t: float or function of t
+    descent: str = "sam"  # sam | gsam | wsam
+    gsam_alpha: float = 0.6
+    gamma: float = 0.9
+    decoupled: bool = False  # wsam: the sharpness term outside Adam / SGD
 
 
 # The MLP's weight matrices and the axes forming their rows (fan-in).
@@ -162,8 +182,10 @@ class Reference:
         l2=0.0,
         loss_fn=None,
         matrices=None,
+        optimizer: str = "sgd",
     ):
         self.c = config
+        self.optimizer = optimizer  # sgd | adam (Keras' defaults)
         names = NAMES if loss_fn is None else tuple(params)
         self.flat = FlatParams({n: np.shape(params[n]) for n in names})
         self.loss_fn = loss_fn or (
@@ -188,6 +210,12 @@ class Reference:
         self.mask = self.flat.indicator(config.perturbed)
         self.last_sharpness = None
         self.last_loss = None
+        self.norm_mean = 0.0  # AE-SAM's running mean of ||g||^2
+        self.norm_variance = 0.0  # and variance
+        self.adam_m = np.zeros(self.flat.size)
+        self.adam_v = np.zeros(self.flat.size)
+        self.applied = 0  # optimizer steps
+        self.ascents = []  # whether each step took an ascent
 
     def params(self) -> dict:
         return self.flat.unflatten(self.theta)
@@ -314,14 +342,76 @@ class Reference:
             factor = np.linalg.norm(g) / (self.g_v_norm_at_ascent + DELTA)
         return g + c.alpha * factor * self.g_v
 
+    # -- the descent rule, the policy, the optimizer --------------------------
+
+    def descend(self, g, g_s):
+        """The update of an ascent step and the decoupled term (or None).
+
+        sam: g_s. gsam (Zhuang et al., Alg. 1): g = g_par + g_perp with
+        g_par = (<g, g_s> / ||g_s||^2) g_s; update g_s - alpha g_perp.
+        wsam (Yue et al.): the gradient of L + gamma / (1 - gamma) (L_s - L),
+        g + gamma / (1 - gamma) (g_s - g); decoupled, the optimizer takes g
+        and the sharpness term is applied after it.
+        """
+        c = self.c
+        if c.descent == "gsam":
+            g_par = np.dot(g, g_s) / (np.dot(g_s, g_s) + DELTA) * g_s
+            return g_s - c.gsam_alpha * (g - g_par), None
+        if c.descent == "wsam":
+            sharpness = c.gamma / (1.0 - c.gamma) * (g_s - g)
+            if c.decoupled:
+                return g, sharpness
+            return g + sharpness, None
+        return g_s, None
+
+    def ascends(self, g, t) -> bool:
+        """AE-SAM (Jiang et al., Sec. 3): the running mean and variance of
+        ||g||^2 take this step's value (mean first), then ascend iff
+        ||g||^2 >= mean + c_t * std."""
+        c = self.c
+        if c.policy != "adaptive":
+            return c.reuse is None or t % c.k == 0
+        s = float(np.dot(g, g))
+        d = c.policy_decay
+        self.norm_mean = d * self.norm_mean + (1 - d) * s
+        self.norm_variance = (
+            d * self.norm_variance + (1 - d) * (s - self.norm_mean) ** 2
+        )
+        threshold = c.policy_threshold
+        if callable(threshold):
+            threshold = threshold(t)
+        return s >= self.norm_mean + threshold * np.sqrt(self.norm_variance)
+
+    def apply(self, update, decoupled=None):
+        """The base optimizer's step on `update`, then (WSAM, decoupled)
+        theta -= lr * decoupled. SGD, or Adam (Kingma & Ba, Alg. 1 in the
+        order of their Sec. 2: lr_t = lr sqrt(1 - b2^t) / (1 - b1^t), theta
+        -= lr_t m / (sqrt(v) + eps); Keras' defaults). `lr` is a float or a
+        function of the 0-based optimizer step."""
+        lr = self.lr(self.applied) if callable(self.lr) else self.lr
+        self.applied += 1
+        if self.optimizer == "adam":
+            b1, b2, eps, n = 0.9, 0.999, 1e-7, self.applied
+            self.adam_m = b1 * self.adam_m + (1 - b1) * update
+            self.adam_v = b2 * self.adam_v + (1 - b2) * update**2
+            rate = lr * np.sqrt(1 - b2**n) / (1 - b1**n)
+            self.theta = self.theta - rate * self.adam_m / (
+                np.sqrt(self.adam_v) + eps
+            )
+        else:
+            self.theta = self.theta - lr * update
+        if decoupled is not None:
+            self.theta = self.theta - lr * decoupled
+
     def step(self, x, y, sample_weight=None):
         c = self.c
         t = self.step_count - c.start_step
         self.step_count += 1
         loss, g = self.grad(self.theta, x, y, sample_weight)
         self.last_loss, self.last_sharpness = loss, None
-        if t < 0:  # perturbation delay: a plain SGD step
-            self.theta = self.theta - self.lr * g
+        if t < 0:  # perturbation delay: a plain step
+            self.ascents.append(False)
+            self.apply(g)
             return
         self.rho = c.rho(t) if callable(c.rho) else c.rho
         d = g
@@ -330,19 +420,21 @@ class Reference:
                 self.mask > 0, c.ema_decay * self.m + (1 - c.ema_decay) * g, 0
             )
             d = g - c.sigma * self.m
-        ascent = c.reuse is None or t % c.k == 0
+        ascent = self.ascends(g, t)
+        self.ascents.append(bool(ascent))
+        decoupled = None
         if ascent:
             eps = self.epsilon(g, d, self.theta)
             loss_s, g_s = self.grad(self.theta + eps, x, y, sample_weight)
             self.last_sharpness = loss_s - loss
             if c.reuse == "look":
                 self._look_store(g, g_s)
-            update = g_s
+            update, decoupled = self.descend(g, g_s)
         elif c.reuse == "look":
             update = self._look_reuse(g)
-        else:  # SAM-k: plain gradient between ascents
+        else:  # SAM-k, AE-SAM: plain gradient between ascents
             update = g
-        self.theta = self.theta - self.lr * update
+        self.apply(update, decoupled)
 
 
 def step_per_replica(ref: Reference, x, y, replicas: int) -> None:
@@ -351,12 +443,14 @@ def step_per_replica(ref: Reference, x, y, replicas: int) -> None:
 
     As docs/distributed.md states: each shard perturbs with the gradient of
     its own mean loss (with F-SAM, `g_r - sigma m`), and the descent gradient
-    is the mean of the shards' gradients at their own perturbed weights.
+    is the mean of the shards' gradients at their own perturbed weights;
+    with a descent rule, the mean of the shards' own updates (each shard
+    decomposes its own `g_r` and `g_r^s`, as the GSAM code does per worker).
     Everything kept between steps follows the global-batch gradient `g`
     (the mean of the shards'), as in `Reference.step`: F-SAM's EMA,
-    LookSAM's `g_v` and the reuse steps, and nuSAM's `u` (advanced by the
-    power iteration on `g`, while each shard starts its own from the same
-    `u`).
+    LookSAM's `g_v` and the reuse steps, AE-SAM's statistics, and nuSAM's
+    `u` (advanced by the power iteration on `g`, while each shard starts
+    its own from the same `u`).
     """
     c = ref.c
     t = ref.step_count - c.start_step
@@ -365,7 +459,7 @@ def step_per_replica(ref: Reference, x, y, replicas: int) -> None:
     grads = [ref.grad(ref.theta, xr, yr, None)[1] for xr, yr in shards]
     g = np.mean(grads, axis=0)
     if t < 0:
-        ref.theta = ref.theta - ref.lr * g
+        ref.apply(g)
         return
     ref.rho = c.rho(t) if callable(c.rho) else c.rho
     if c.friendly:
@@ -376,25 +470,30 @@ def step_per_replica(ref: Reference, x, y, replicas: int) -> None:
     def direction(gradient):
         return gradient - c.sigma * ref.m if c.friendly else gradient
 
-    if c.reuse is None or t % c.k == 0:
+    decoupled = None
+    if ref.ascends(g, t):
         u = dict(ref.u)
-        descent = []
+        sam_grads, updates, terms = [], [], []
         for g_r, (xr, yr) in zip(grads, shards):
             ref.u = dict(u)
             eps = ref.epsilon(g_r, direction(g_r), ref.theta)
-            descent.append(ref.grad(ref.theta + eps, xr, yr, None)[1])
+            sam_grads.append(ref.grad(ref.theta + eps, xr, yr, None)[1])
+            update, term = ref.descend(g_r, sam_grads[-1])
+            updates.append(update)
+            terms.append(term)
         ref.u = dict(u)
         if ref.u:  # nuSAM: u follows the global gradient
             ref.epsilon(g, direction(g), ref.theta)
-        g_s = np.mean(descent, axis=0)
         if c.reuse == "look":
-            ref._look_store(g, g_s)
-        update = g_s
+            ref._look_store(g, np.mean(sam_grads, axis=0))
+        update = np.mean(updates, axis=0)
+        if terms[0] is not None:
+            decoupled = np.mean(terms, axis=0)
     elif c.reuse == "look":
         update = ref._look_reuse(g)
     else:
         update = g
-    ref.theta = ref.theta - ref.lr * update
+    ref.apply(update, decoupled)
 
 
 def make_batches(

@@ -7,9 +7,13 @@ import pytest
 from helpers import LR, assert_weights_close, compile_sgd, reference_mlp
 from reference import NORM_NAMES, Config, Reference, init_params, make_batches
 
-from keras_sam import SAMModel
+from keras_sam import ProportionalRho, SAMModel
 
 NO_NORM = ("w1", "b1", "w2", "b2")
+# AE-SAM's policy, quicker than the paper's (delta 0.9, c 0): a mixture of
+# ascents and plain steps within the 8 steps (the first steps always ascend
+# while the running mean, from 0, catches up with ||g||^2).
+AE = dict(policy_decay=0.5, policy_threshold=0.5)
 
 # name -> (SAMModel options, the same point spelled out for the reference)
 CASES = {
@@ -158,6 +162,58 @@ CASES = {
         dict(method="fsam", rho=0.1, reuse="look", k=2, start_step=2),
         Config(friendly=True, reuse="look", k=2, start_step=2, rho=0.1),
     ),
+    "gsam": (
+        dict(method="gsam", rho=0.1),
+        Config(descent="gsam", gsam_alpha=0.6, rho=0.1),
+    ),
+    "gsam_alpha": (
+        dict(method="gsam", rho=0.2, gsam_alpha=0.3),
+        Config(descent="gsam", gsam_alpha=0.3, rho=0.2),
+    ),
+    "wsam": (
+        dict(method="wsam", rho=0.1),
+        Config(descent="wsam", gamma=0.9, decoupled=True, rho=0.1),
+    ),
+    "wsam_coupled": (
+        dict(method="wsam", rho=0.1, gamma=0.7, decoupled=False),
+        Config(descent="wsam", gamma=0.7, rho=0.1),
+    ),
+    "aesam": (
+        dict(method="sam", rho=0.1, policy="adaptive", **AE),
+        Config(policy="adaptive", rho=0.1, **AE),
+    ),
+    "aesam_threshold_schedule": (
+        dict(
+            method="sam",
+            rho=0.1,
+            policy="adaptive",
+            policy_decay=0.5,
+            policy_threshold=keras.optimizers.schedules.PolynomialDecay(
+                1.0, 8, -1.0
+            ),
+        ),
+        Config(
+            policy="adaptive",
+            policy_decay=0.5,
+            policy_threshold=lambda t: 1.0 - 2.0 * t / 8,
+            rho=0.1,
+        ),
+    ),
+    "gsam_rho_follows_the_learning_rate": (
+        dict(
+            method="gsam",
+            rho=ProportionalRho(
+                keras.optimizers.schedules.CosineDecay(0.1, 8),
+                lr_max=0.1,
+                rho_max=0.2,
+                rho_min=0.05,
+            ),
+        ),
+        Config(
+            descent="gsam",
+            rho=lambda t: 0.05 + 0.15 * 0.5 * (1 + np.cos(np.pi * t / 8)),
+        ),
+    ),
     "samk_fisher_kernels": (
         dict(
             method="fisher",
@@ -173,6 +229,41 @@ CASES = {
             k=2,
             perturbed=("w1", "w2"),
             rho=0.1,
+        ),
+    ),
+    "gsam_samon": (
+        dict(method="gsam", rho=0.1, perturb="norm"),
+        Config(descent="gsam", perturbed=NORM_NAMES, rho=0.1),
+    ),
+    "wsam_nusam": (
+        dict(method="nusam", rho=0.1, descent="wsam"),
+        Config(geometry="nuclear", descent="wsam", decoupled=True, rho=0.1),
+    ),
+    "aelooksam": (
+        dict(method="looksam", rho=0.1, policy="adaptive", **AE),
+        Config(reuse="look", policy="adaptive", rho=0.1, **AE),
+    ),
+    "look_gsam": (
+        dict(method="looksam", rho=0.1, k=3, descent="gsam"),
+        Config(reuse="look", k=3, descent="gsam", rho=0.1),
+    ),
+    "ae_wsam_fsam_delayed": (
+        dict(
+            method="fsam",
+            rho=0.1,
+            start_step=2,
+            descent="wsam",
+            decoupled=False,
+            policy="adaptive",
+            **AE,
+        ),
+        Config(
+            friendly=True,
+            start_step=2,
+            descent="wsam",
+            policy="adaptive",
+            rho=0.1,
+            **AE,
         ),
     ),
 }
@@ -251,3 +342,36 @@ def test_cases_cover_every_preset():
     covered = {options["method"] for options, _ in CASES.values()}
     assert covered == set(PRESETS)
     assert len(CASES) >= len(PRESETS) + 2
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_wsam_with_adam_and_a_schedule_matches_reference(decoupled):
+    """With an adaptive optimizer WSAM's two forms differ (with SGD they
+    coincide): decoupled, Adam takes `g` and the sharpness term is
+    subtracted times the scheduled learning rate after its step (WSAM's
+    Alg. 1); coupled, Adam takes the weighted gradient."""
+    params = init_params()
+    x, y = make_batches()
+    x = x.astype("float32")
+    model = reference_mlp(params)
+    sam = SAMModel(model, method="wsam", rho=0.1, decoupled=decoupled)
+    sam.compile(
+        optimizer=keras.optimizers.Adam(
+            keras.optimizers.schedules.ExponentialDecay(0.01, 2, 0.5)
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+
+    def reference(decoupled):
+        config = Config(descent="wsam", decoupled=decoupled, rho=0.1)
+        return Reference(
+            config, params, lambda n: 0.01 * 0.5 ** (n / 2), optimizer="adam"
+        )
+
+    ref, other = reference(decoupled), reference(not decoupled)
+    for step in range(len(x)):
+        sam.train_on_batch(x[step], y[step])
+        ref.step(x[step], y[step])
+        other.step(x[step], y[step])
+        assert_weights_close(model, ref.params(), msg=f"step {step}:")
+    assert np.max(np.abs(ref.theta - other.theta)) > 1e-3

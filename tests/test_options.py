@@ -383,13 +383,14 @@ def test_invalid_new_options(kwargs, error, fragments):
 
 def test_docstring_preset_table_is_presets():
     rows = re.findall(
-        r"^    \| `\"(\w+)\"` \| (\w+) \| (yes|no) \| (\w+) \| ([\w ]+) \|$",
+        r"^    \| `\"(\w+)\"` \| (\w+) \| (yes|no) \| (\w+) \| (\w+) "
+        r"\| ([\w ]+) \|$",
         SAMModel.__doc__,
         re.MULTILINE,
     )
     table = {
-        name: (geometry, friendly == "yes", reuse, perturb)
-        for name, geometry, friendly, reuse, perturb in rows
+        name: (geometry, friendly == "yes", reuse, descent, perturb)
+        for name, geometry, friendly, reuse, descent, perturb in rows
     }
     expected = {}
     for name, preset in PRESETS.items():
@@ -398,8 +399,134 @@ def test_docstring_preset_table_is_presets():
             preset.geometry,
             preset.values.get("friendly", False),
             preset.values.get("reuse") or "none",
+            preset.values.get("descent", "sam"),
             "weight matrices"
             if matrices
             else preset.values.get("perturb", "all"),
         )
     assert table == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragments",
+    [
+        (
+            {"descent": "lookahead"},
+            ValueError,
+            ["descent", "'lookahead'", "'gsam'", "'wsam'"],
+        ),
+        (
+            {"method": "gsam", "gsam_alpha": -0.1},
+            ValueError,
+            ["gsam_alpha", "-0.1", "float >= 0.0"],
+        ),
+        (
+            {"method": "gsam", "gsam_alpha": "big"},
+            TypeError,
+            ["gsam_alpha", "'big'", "float >= 0.0"],
+        ),
+        (
+            {"method": "wsam", "gamma": 1.0},
+            ValueError,
+            ["gamma", "1.0", "[0.0, 1.0)"],
+        ),
+        ({"method": "wsam", "gamma": -0.1}, ValueError, ["gamma", "-0.1"]),
+        (
+            {"method": "wsam", "decoupled": 1},
+            TypeError,
+            ["decoupled", "1", "True or False"],
+        ),
+        ({"policy": "sometimes"}, ValueError, ["policy", "'adaptive'"]),
+        (
+            {"policy": "adaptive", "policy_decay": 1.0},
+            ValueError,
+            ["policy_decay", "1.0", "[0.0, 1.0)"],
+        ),
+        (
+            {"policy": "adaptive", "policy_threshold": float("nan")},
+            ValueError,
+            ["policy_threshold", "nan", "finite float"],
+        ),
+        (
+            {"policy": "adaptive", "policy_threshold": "high"},
+            TypeError,
+            ["policy_threshold", "'high'", "LearningRateSchedule"],
+        ),
+        # Options of a rule or policy that is not chosen.
+        ({"gsam_alpha": 0.5}, ValueError, ["gsam_alpha", "descent='gsam'"]),
+        ({"gamma": 0.5}, ValueError, ["gamma", "applies only", "'wsam'"]),
+        (
+            {"method": "gsam", "decoupled": True},
+            ValueError,
+            ["decoupled", "descent='wsam'"],
+        ),
+        (
+            {"policy_decay": 0.5},
+            ValueError,
+            ["policy_decay", "policy='adaptive'"],
+        ),
+        (
+            {"policy_threshold": 1.0},
+            ValueError,
+            ["policy_threshold", "policy='adaptive'"],
+        ),
+        # SAM-k's period and the adaptive policy exclude each other.
+        (
+            {"method": "samk", "policy": "adaptive"},
+            ValueError,
+            ["reuse='every_k'", "policy='adaptive'", "AE-LookSAM"],
+        ),
+        (
+            {"method": "looksam", "policy": "adaptive", "k": 3},
+            ValueError,
+            ["`k`", "policy='periodic'", "k=3"],
+        ),
+    ],
+)
+def test_invalid_descent_and_policy_options(kwargs, error, fragments):
+    with pytest.raises(error) as info:
+        SAMModel(_mlp(), **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_descent_and_policy_defaults_follow_the_papers():
+    gsam = SAMModel(_mlp(), method="gsam").options
+    assert (gsam.descent, gsam.gsam_alpha, gsam.gamma) == ("gsam", 0.6, None)
+    wsam = SAMModel(_mlp(), method="wsam").options
+    assert (wsam.descent, wsam.gamma, wsam.decoupled) == ("wsam", 0.9, True)
+    sam = SAMModel(_mlp()).options
+    assert (sam.descent, sam.policy, sam.policy_decay) == (
+        "sam",
+        "periodic",
+        None,
+    )
+    ae = SAMModel(_mlp(), method="looksam", policy="adaptive").options
+    assert (ae.policy_decay, ae.policy_threshold, ae.k, ae.alpha) == (
+        0.9,
+        0.0,
+        None,
+        0.7,
+    )
+    # Any point: GSAM on SAM-ON's mask, WSAM with nuSAM's geometry.
+    assert SAMModel(_mlp(), method="samon", descent="gsam").options.gsam_alpha
+    assert SAMModel(_mlp(), method="nusam", descent="wsam").options.gamma
+    # A negative threshold (more ascents) and a schedule are thresholds.
+    schedule = keras.optimizers.schedules.PolynomialDecay(1.0, 100, -1.0)
+    for threshold in (-1, schedule):
+        o = SAMModel(_mlp(), policy="adaptive", policy_threshold=threshold)
+        assert o.options.policy_threshold == threshold
+
+
+def test_decoupled_wsam_refuses_gradient_accumulation():
+    sam = SAMModel(_mlp(), method="wsam")
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
+        sam.compile(
+            optimizer=keras.optimizers.SGD(gradient_accumulation_steps=2),
+            loss="mse",
+        )
+    coupled = SAMModel(_mlp(), method="wsam", decoupled=False)
+    coupled.compile(
+        optimizer=keras.optimizers.SGD(gradient_accumulation_steps=2),
+        loss="mse",
+    )

@@ -12,7 +12,7 @@ from conftest import BACKEND
 from helpers import toy_classification
 from processes import HERE, run_python
 
-from keras_sam import PRESETS, SAMModel
+from keras_sam import PRESETS, ProportionalRho, SAMModel
 
 
 @keras.saving.register_keras_serializable(package="keras_sam_tests")
@@ -62,6 +62,25 @@ CONFIGS = [{"method": m} for m in PRESETS] + [
     {"method": "sam", "perturb": "no_norm", "ascent": "per_replica"},
     {"method": "sam", "rho": keras.optimizers.schedules.CosineDecay(0.1, 9)},
     {"method": "fisher", "rho": halving_rho, "perturb": kernels_only},
+    {
+        "method": "gsam",
+        "gsam_alpha": 0.3,
+        "rho": ProportionalRho(
+            keras.optimizers.schedules.CosineDecay(0.1, 9),
+            lr_max=0.1,
+            rho_max=0.2,
+            rho_min=0.05,
+        ),
+    },
+    {"method": "wsam", "gamma": 0.7, "decoupled": False},
+    {
+        "method": "looksam",
+        "policy": "adaptive",
+        "policy_decay": 0.5,
+        "policy_threshold": keras.optimizers.schedules.PolynomialDecay(
+            1.0, 9, -1.0
+        ),
+    },
 ]
 
 
@@ -174,15 +193,20 @@ def test_inner_model_saves_alone_for_inference(tmp_path):
     )
 
 
-RESUME_METHODS = ["looksam", "fsam", "nusam", "samk"]
+RESUME_METHODS = ["looksam", "fsam", "nusam", "samk", "wsam", "aelooksam"]
+# Runs that are not a preset: AE-LookSAM (its policy's statistics resume).
+RESUME_OPTIONS = {
+    "aelooksam": {"method": "looksam", "policy": "adaptive"},
+    "looksam": {"method": "looksam", "k": 3},
+    "samk": {"method": "samk", "k": 3},
+}
 
 
 def _resume_model(method):
     return SAMModel(
         _model(),
-        method=method,
         rho=keras.optimizers.schedules.ExponentialDecay(0.1, 4, 0.5),
-        **({"k": 3} if method in ("looksam", "samk") else {}),
+        **RESUME_OPTIONS.get(method, {"method": method}),
     )
 
 

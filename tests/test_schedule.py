@@ -75,3 +75,50 @@ def test_rho_schedule_is_evaluated_at_the_sam_step():
     assert schedule.rho_at(0.2, 7) == 0.2
     value = schedule.rho_at(lambda t: 0.1 * (t + 1), ops.convert_to_tensor(3))
     np.testing.assert_allclose(ops.convert_to_numpy(value), 0.4, rtol=1e-6)
+
+
+def test_proportional_rho_follows_the_learning_rate():
+    """GSAM: (rho - rho_min) / (rho_max - rho_min) = (lr - lr_min) /
+    (lr_max - lr_min), through the optimizer's own schedule."""
+    import keras
+
+    lr = keras.optimizers.schedules.CosineDecay(
+        0.0, 10, warmup_target=2e-3, warmup_steps=4, alpha=0.1
+    )
+    rho = schedule.ProportionalRho(
+        lr, lr_max=2e-3, rho_max=0.6, rho_min=0.1, lr_min=2e-4, start_step=2
+    )
+    for t in (0.0, 2.0, 5.0, 11.0):
+        lr_t = float(ops.convert_to_numpy(lr(t + 2.0)))
+        expected = max(0.1 + 0.5 * (lr_t - 2e-4) / (2e-3 - 2e-4), 0.0)
+        np.testing.assert_allclose(
+            float(ops.convert_to_numpy(schedule.rho_at(rho, t))),
+            expected,
+            rtol=1e-5,
+            atol=1e-7,
+        )
+    # During warmup lr < lr_min: rho would be negative (big_vision issue
+    # 80); it is clipped at 0.
+    warmup = schedule.ProportionalRho(lr, lr_max=2e-3, rho_max=0.6, lr_min=2e-4)
+    assert float(ops.convert_to_numpy(warmup(0.0))) == 0.0
+    # At lr_max, rho_max.
+    np.testing.assert_allclose(
+        float(ops.convert_to_numpy(rho(2.0))), 0.6, rtol=1e-6
+    )
+    restored = schedule.ProportionalRho.from_config(rho.get_config())
+    assert restored.get_config() == rho.get_config()
+    constant = schedule.ProportionalRho(1e-3, lr_max=1e-3, rho_max=0.2)
+    np.testing.assert_allclose(float(ops.convert_to_numpy(constant(5))), 0.2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(lr_max=1e-3, rho_max=0.1, rho_min=0.2), "rho_min <= rho_max"),
+        (dict(lr_max=1e-3, rho_max=0.1, lr_min=2e-3), "lr_max > lr_min"),
+        (dict(lr_max=0.0, rho_max=0.1), "lr_max > lr_min"),
+    ],
+)
+def test_proportional_rho_checks_its_bounds(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        schedule.ProportionalRho(lambda step: 1e-3, **kwargs)

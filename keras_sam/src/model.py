@@ -53,23 +53,30 @@ class SAMModel(BackendSAMTrainer, keras.Model):
     `sharpness = L(w + eps) - L(w)` averaged over the steps of the epoch that
     took an ascent.
 
-    Every SAM variant is a point of four axes; `method` names a preset and the
-    options override it:
+    Every SAM variant is a point of five axes (mask, direction, geometry,
+    schedule, descent rule); `method` names a preset and the options
+    override it:
 
-    | method | geometry | friendly | reuse | perturb |
-    | --- | --- | --- | --- | --- |
-    | `"sam"` | l2 | no | none | all |
-    | `"samon"` | l2 | no | none | norm |
-    | `"asam"` | adaptive | no | none | all |
-    | `"fisher"` | fisher | no | none | all |
-    | `"fsam"` | l2 | yes | none | all |
-    | `"fasam"` | adaptive | yes | none | all |
-    | `"layersam"` | layer | no | none | all |
-    | `"looksam"` | l2 | no | look | all |
-    | `"looklayersam"` | layer | no | look | all |
-    | `"samk"` | l2 | no | every_k | all |
-    | `"nusam"` | nuclear | no | none | weight matrices |
-    | `"nusam_norm"` | nuclear_norm | no | none | weight matrices |
+    | method | geometry | friendly | reuse | descent | perturb |
+    | --- | --- | --- | --- | --- | --- |
+    | `"sam"` | l2 | no | none | sam | all |
+    | `"samon"` | l2 | no | none | sam | norm |
+    | `"asam"` | adaptive | no | none | sam | all |
+    | `"fisher"` | fisher | no | none | sam | all |
+    | `"fsam"` | l2 | yes | none | sam | all |
+    | `"fasam"` | adaptive | yes | none | sam | all |
+    | `"layersam"` | layer | no | none | sam | all |
+    | `"looksam"` | l2 | no | look | sam | all |
+    | `"looklayersam"` | layer | no | look | sam | all |
+    | `"samk"` | l2 | no | every_k | sam | all |
+    | `"nusam"` | nuclear | no | none | sam | weight matrices |
+    | `"nusam_norm"` | nuclear_norm | no | none | sam | weight matrices |
+    | `"gsam"` | l2 | no | none | gsam | all |
+    | `"wsam"` | l2 | no | none | wsam | all |
+
+    AE-SAM's adaptive schedule is an option of any method:
+    `policy="adaptive"` (AE-SAM with `reuse=None`, AE-LookSAM with
+    `method="looksam"`).
 
     The nuclear geometries perturb only weight matrices (the kernels of
     `Dense` and `EinsumDense` layers, attention projections included) with
@@ -118,8 +125,35 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             `"stored"` (`c = 1`: `g_v` as the last ascent measured it) or
             `"relative"` (`c = ||g|| / ||g_a||`, `g_a` the clean gradient of
             that ascent). Defaults to `"gradient"`.
+        policy: when to ascend: `"periodic"` (every step, or every `k`-th
+            with `reuse`) or `"adaptive"` (AE-SAM: on the steps whose squared
+            clean-gradient norm `||g||^2` is at least `mu + c_t * sigma`, its
+            running mean plus `c_t` running standard deviations; the other
+            steps are plain, or LookSAM's reuse with `reuse="look"`).
+            Defaults to `"periodic"`.
+        policy_decay: AE-SAM's `delta`, the decay of the running mean and
+            variance of `||g||^2`, in [0, 1). Defaults to `0.9`.
+        policy_threshold: AE-SAM's `c_t`: a finite float, a
+            `LearningRateSchedule` or a callable of the SAM step `t` (the
+            paper's linear schedule from 1 to -1 over `T` steps is
+            `keras.optimizers.schedules.PolynomialDecay(1.0, T, -1.0)`).
+            Defaults to `0.0`.
         power_iterations: nuSAM's warm-started power iterations per ascent,
             an int >= 1 (nuclear geometries). Defaults to `1`.
+        descent: the update of an ascent step from the clean gradient `g`
+            and the gradient `g_s` at `w + eps`: `"sam"` (`g_s`), `"gsam"`
+            (GSAM: `g_s - gsam_alpha * g_perp`, `g_perp` the component of `g`
+            orthogonal to `g_s`) or `"wsam"` (WSAM: `g + gamma / (1 -
+            gamma) * (g_s - g)`). Defaults to the preset's value.
+        gsam_alpha: GSAM's `alpha`, a float >= 0 (`0`: SAM). Defaults to
+            `0.6`.
+        gamma: WSAM's `gamma`, in [0, 1): the sharpness term weighs `gamma
+            / (1 - gamma)` (`0.5`: SAM's update). Defaults to `0.9`.
+        decoupled: WSAM: the base optimizer receives `g` and the sharpness
+            term `gamma / (1 - gamma) * (g_s - g)` is subtracted, times the
+            optimizer's learning rate, after its step (the paper's Alg. 1);
+            `False` gives the optimizer the weighted gradient instead.
+            Defaults to `True`.
         ascent: `"global"` (the ascent uses the global-batch gradient) or
             `"per_replica"` (each replica perturbs with its own gradient).
             Identical on one device. Defaults to `"global"`.
@@ -143,7 +177,12 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         Are All That Sharpness-Aware Minimization Needs", NeurIPS 2023. Li et
         al., "Friendly Sharpness-Aware Minimization", CVPR 2024. Liu et al.,
         "Sharpness-Aware Minimization in Large-Batch Training: Training
-        Vision Transformer in Minutes", 2022.
+        Vision Transformer in Minutes", 2022. Zhuang et al., "Surrogate Gap
+        Minimization Improves Sharpness-Aware Training" (GSAM), ICLR 2022.
+        Yue et al., "Sharpness-Aware Minimization Revisited: Weighted
+        Sharpness as a Regularization Term" (WSAM), KDD 2023. Jiang et al.,
+        "An Adaptive Policy to Employ Sharpness-Aware Minimization"
+        (AE-SAM), ICLR 2023.
     """
 
     def __init__(
@@ -166,7 +205,14 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         k: int = UNSET,
         alpha: float = UNSET,
         reuse_scale: str = UNSET,
+        policy: str = UNSET,
+        policy_decay: float = UNSET,
+        policy_threshold: float | Callable = UNSET,
         power_iterations: int = UNSET,
+        descent: str = UNSET,
+        gsam_alpha: float = UNSET,
+        gamma: float = UNSET,
+        decoupled: bool = UNSET,
         ascent: str = UNSET,
         **kwargs: Any,
     ):
@@ -229,14 +275,18 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         """The number of values the method keeps between steps, beyond the
         base optimizer (the step counter aside).
 
-        SAM, ASAM, Fisher, SAM-ON, LayerSAM, SAM-k: 0 (but each ascent holds a
-        transient perturbation as large as the perturbed variables). F-SAM:
-        one value per perturbed parameter (the EMA). LookSAM: one per
-        trainable parameter (`g_v`). nuSAM: one per row of each weight matrix
-        (the fan-in vectors `u`). Compositions add up.
+        SAM, ASAM, Fisher, SAM-ON, LayerSAM, SAM-k, GSAM, WSAM: 0 (but each
+        ascent holds a transient perturbation as large as the perturbed
+        variables). F-SAM: one value per perturbed parameter (the EMA).
+        LookSAM: one per trainable parameter (`g_v`). nuSAM: one per row of
+        each weight matrix (the fan-in vectors `u`). AE-SAM's policy: 2 (the
+        mean and variance of `||g||^2`). Compositions add up.
         """
         state = self.sam_state
-        return sum(math.prod(v.shape) for v in state.ema + state.g_v + state.u)
+        return sum(
+            math.prod(v.shape)
+            for v in state.ema + state.g_v + state.u + state.norm_stats
+        )
 
     def call(self, inputs, training=None):
         return self._inner(inputs, training=training)
@@ -247,8 +297,9 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         change).
 
         Raises:
-            ValueError: `rho` or `perturb` is a callable that Keras cannot
-                rebuild (see `SAMModel` saving in the docs).
+            ValueError: `rho`, `perturb` or `policy_threshold` is a callable
+                that Keras cannot rebuild (see `SAMModel` saving in the
+                docs).
         """
         config = {
             "name": self.name,
@@ -267,7 +318,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         model = keras.saving.deserialize_keras_object(
             config.pop("model"), custom_objects=custom_objects
         )
-        for name in ("rho", "perturb"):
+        for name in ("rho", "perturb", "policy_threshold"):
             if name in config:
                 config[name] = deserialize_option(config[name])
         return cls(model, **config)
@@ -282,6 +333,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
+        _check_decoupled(self._options, self.optimizer)
         if self.built:
             # Keras fixes trainability at compile (unfreezing a backbone
             # needs one): the plan, and the state of new variables, follow.
@@ -316,6 +368,11 @@ class SAMModel(BackendSAMTrainer, keras.Model):
                 self._state_store[name] = new_variable(self, name, shape, value)
             return self._state_store[name]
 
+        def scalar(name: str) -> keras.Variable:
+            if name not in self._state_store:
+                self._state_store[name] = new_variable(self, name, ())
+            return self._state_store[name]
+
         perturbed, gradient = plan.perturbed_indices, plan.gradient_indices
         return SAMState(
             iterations=self._iterations,
@@ -329,6 +386,9 @@ class SAMModel(BackendSAMTrainer, keras.Model):
                 variable("sam_u", i, value)
                 for i, value in zip(perturbed, initial_u)
             ],
+            norm_stats=[scalar("sam_norm_mean"), scalar("sam_norm_variance")]
+            if o.policy == "adaptive"
+            else [],
         )
 
     def _check_plan(self) -> None:
@@ -380,6 +440,28 @@ def _check_model(model) -> None:
             "`model` must be a Keras model or layer (keras.Model or "
             f"keras.layers.Layer); received model={model!r} of type "
             f"{type(model).__name__}."
+        )
+
+
+def _check_decoupled(options: SAMOptions, optimizer) -> None:
+    """WSAM's decoupled term is applied after every step of the optimizer;
+    with gradient accumulation the optimizer steps once every n micro-batches
+    and the micro-batches must all see the same weights."""
+    if not options.decoupled or optimizer is None:
+        return
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    steps = [
+        getattr(o, "gradient_accumulation_steps", None)
+        for o in (optimizer, inner)
+    ]
+    if any(steps):
+        raise ValueError(
+            "WSAM's decoupled form (`decoupled=True`) subtracts its "
+            "sharpness term after each step of the base optimizer, which "
+            "gradient accumulation (gradient_accumulation_steps="
+            f"{max(s or 0 for s in steps)}) defers to every n-th batch. Use "
+            "decoupled=False (the coupled form: the optimizer receives g + "
+            "gamma / (1 - gamma) (g_s - g)), or no gradient accumulation."
         )
 
 

@@ -2,8 +2,9 @@
 
 Every SAM variant is a point on independent axes: the mask (`perturb`), the
 direction source (`friendly`), the geometry (fixed by the method, refined by
-`adaptive`, `norm`, `eta`, `layer_scale`, ...) and the schedule
-(`start_step`, `reuse`, `k`, `rho`). A preset names a point and the
+`adaptive`, `norm`, `eta`, `layer_scale`, ...), the schedule (`start_step`,
+`reuse`, `k`, `policy`, `rho`) and the descent rule (`descent`: what the
+update is once `g` and `g_s` exist). A preset names a point and the
 hyperparameters its paper recommends; options given explicitly override it.
 `OPTIONS` specifies each option once (its check, default and where it
 applies); `resolve_options` applies it, and the errors, `get_config` and the
@@ -40,11 +41,13 @@ NUCLEAR_GEOMETRIES = ("nuclear", "nuclear_norm")
 
 class Point(NamedTuple):
     """What decides where an option applies: the method's geometry and the
-    two structural options."""
+    structural options."""
 
     geometry: str
     friendly: bool
     reuse: str | None
+    policy: str = "periodic"
+    descent: str = "sam"
 
 
 # ---- Checks -----------------------------------------------------------------
@@ -78,6 +81,22 @@ def _check_perturb(name: str, value: Any) -> None:
         raise TypeError(
             f"`perturb` must be one of {list(PERTURB_MASKS)} or a callable "
             "`variable -> bool`; " + _received(name, value)
+        )
+
+
+def _check_threshold(name: str, value: Any) -> None:
+    allowed = (
+        "a finite float, a keras.optimizers.schedules.LearningRateSchedule "
+        "or a callable of the SAM step"
+    )
+    if is_real(value):
+        if not math.isfinite(value):
+            raise ValueError(
+                f"`{name}` must be {allowed}; " + _received(name, value)
+            )
+    elif not callable(value):
+        raise TypeError(
+            f"`{name}` must be {allowed}; " + _received(name, value)
         )
 
 
@@ -222,8 +241,8 @@ OPTIONS: tuple[Option, ...] = (
         _int(1),
         5,
         "the period of the ascents with reuse",
-        lambda p: p.reuse is not None,
-        "with reuse='look' or reuse='every_k'",
+        lambda p: p.reuse is not None and p.policy == "periodic",
+        "with reuse='look' or reuse='every_k' and policy='periodic'",
     ),
     Option(
         "alpha",
@@ -243,12 +262,68 @@ OPTIONS: tuple[Option, ...] = (
         "with reuse='look'",
     ),
     Option(
+        "policy",
+        _choice("periodic", "adaptive"),
+        "periodic",
+        "when to ascend: 'periodic' (every step, or every k-th with reuse) "
+        "or 'adaptive' (AE-SAM: when ||g||^2 >= mu + c * sigma)",
+    ),
+    Option(
+        "policy_decay",
+        _real(0.0, 1.0),
+        0.9,
+        "AE-SAM's delta, the decay of the running mean and variance of ||g||^2",
+        lambda p: p.policy == "adaptive",
+        "with policy='adaptive' (AE-SAM)",
+    ),
+    Option(
+        "policy_threshold",
+        _check_threshold,
+        0.0,
+        "AE-SAM's c_t: a float, a LearningRateSchedule or a callable of the "
+        "SAM step",
+        lambda p: p.policy == "adaptive",
+        "with policy='adaptive' (AE-SAM)",
+    ),
+    Option(
         "power_iterations",
         _int(1),
         1,
         "nuSAM's warm-started power iterations per ascent",
         lambda p: p.geometry in NUCLEAR_GEOMETRIES,
         "to the nuclear geometries (methods nusam, nusam_norm)",
+    ),
+    Option(
+        "descent",
+        _choice("sam", "gsam", "wsam"),
+        "sam",
+        "the update of an ascent step: 'sam' (g_s), 'gsam' (g_s - alpha "
+        "g_perp) or 'wsam' (g + gamma / (1 - gamma) (g_s - g))",
+    ),
+    Option(
+        "gsam_alpha",
+        _real(0.0),
+        0.6,
+        "GSAM's alpha, the weight of the ascent along g_perp",
+        lambda p: p.descent == "gsam",
+        "with descent='gsam' (GSAM)",
+    ),
+    Option(
+        "gamma",
+        _real(0.0, 1.0),
+        0.9,
+        "WSAM's gamma: the sharpness term weighs gamma / (1 - gamma)",
+        lambda p: p.descent == "wsam",
+        "with descent='wsam' (WSAM)",
+    ),
+    Option(
+        "decoupled",
+        check_bool,
+        True,
+        "WSAM: apply the sharpness term outside the base optimizer (Alg. "
+        "1); False feeds the weighted gradient to it",
+        lambda p: p.descent == "wsam",
+        "with descent='wsam' (WSAM)",
     ),
     Option(
         "ascent",
@@ -291,6 +366,14 @@ PRESETS: dict[str, Preset] = {
     "samk": Preset("l2", {"reuse": "every_k"}, "Liu et al., 2022"),
     "nusam": Preset("nuclear", {}, "Ahn et al., 2024"),
     "nusam_norm": Preset("nuclear_norm", {}, "Ahn et al., 2024"),
+    "gsam": Preset(
+        "l2", {"descent": "gsam", "gsam_alpha": 0.6}, "Zhuang et al., ICLR 2022"
+    ),
+    "wsam": Preset(
+        "l2",
+        {"descent": "wsam", "gamma": 0.9, "decoupled": True},
+        "Yue et al., KDD 2023",
+    ),
 }
 
 
@@ -321,14 +404,23 @@ class SAMOptions:
     k: int | None
     alpha: float | None
     reuse_scale: str | None
+    policy: str
+    policy_decay: float | None
+    policy_threshold: float | Callable | None
     power_iterations: int | None
+    descent: str
+    gsam_alpha: float | None
+    gamma: float | None
+    decoupled: bool | None
     ascent: str
 
     def given(self) -> dict[str, Any]:
         """Every option that applies, as keywords: what `get_config` saves,
         so that a loaded model keeps these values even if a preset's defaults
         change."""
-        point = Point(self.geometry, self.friendly, self.reuse)
+        point = Point(
+            self.geometry, self.friendly, self.reuse, self.policy, self.descent
+        )
         return {
             o.name: getattr(self, o.name) for o in OPTIONS if o.applies(point)
         }
@@ -378,6 +470,28 @@ def _check_linf(method: str, geometry: str, norm: str) -> None:
         )
 
 
+def _check_policy(policy: str, reuse: str | None) -> None:
+    if policy == "adaptive" and reuse == "every_k":
+        raise ValueError(
+            "`reuse='every_k'` (SAM-k) ascends every k steps; with "
+            "policy='adaptive' the gradient norm decides, and the steps "
+            "without ascent are plain with reuse=None (AE-SAM) or reuse the "
+            "orthogonal component with reuse='look' (AE-LookSAM). Received "
+            "reuse='every_k', policy='adaptive'."
+        )
+
+
+FLOAT_OPTIONS = (
+    "eta",
+    "ema_decay",
+    "sigma",
+    "alpha",
+    "policy_decay",
+    "gsam_alpha",
+    "gamma",
+)
+
+
 def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
     """Applies the preset of `method`, then the options given; checks all.
 
@@ -396,8 +510,10 @@ def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
     partial = Point(preset.geometry, False, None)
     point = Point(
         preset.geometry,
-        _value(_BY_NAME["friendly"], given, preset, partial),
-        _value(_BY_NAME["reuse"], given, preset, partial),
+        *(
+            _value(_BY_NAME[name], given, preset, partial)
+            for name in ("friendly", "reuse", "policy", "descent")
+        ),
     )
     values = {}
     for option in OPTIONS:
@@ -411,9 +527,11 @@ def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
         else:
             values[option.name] = None
     _check_linf(method, preset.geometry, values["norm"])
-    for name in ("eta", "ema_decay", "sigma", "alpha"):
+    _check_policy(values["policy"], values["reuse"])
+    for name in FLOAT_OPTIONS:
         if values[name] is not None:
             values[name] = float(values[name])
-    if not callable(values["rho"]):
-        values["rho"] = float(values["rho"])
+    for name in ("rho", "policy_threshold"):
+        if values[name] is not None and not callable(values[name]):
+            values[name] = float(values[name])
     return SAMOptions(method=method, geometry=preset.geometry, **values)

@@ -33,15 +33,15 @@ class StepPlan:
         geometry: the geometry bound to the perturbed variables (`None` for
             the nuclear geometries).
         matrices: each perturbed weight matrix (nuclear geometries only).
-        ascends_every_step: no `reuse` and no `start_step`: every step takes
-            an ascent, so the step has no conditional and nothing reads the
-            clean gradient after the ascent.
+        ascends_every_step: no `reuse`, no `start_step`, the periodic
+            policy: every step takes an ascent, so the step has no
+            conditional.
         clean_indices: the variables pass 1 differentiates: all, or when
-            every step ascends, all but the unperturbed ones of the SAM
-            gradient (SAM-ON's pass 1 never computes the other weight
-            gradients; pass 2 gives theirs).
+            every step ascends and the descent is SAM's, all but the
+            unperturbed ones of the SAM gradient (SAM-ON's pass 1 never
+            computes the other weight gradients; pass 2 gives theirs).
         keeps_gradient: whether the clean gradient is read after pass 2
-            (LookSAM's projection).
+            (LookSAM's projection, the descent rules of GSAM and WSAM).
     """
 
     variable_ids: tuple[int, ...]
@@ -110,9 +110,14 @@ def make_plan(
         perturbed, matrices = _matrices(options, model, variables, perturbed)
     else:
         geometry = make_geometry(options, [variables[i] for i in perturbed])
-    every_step = options.reuse is None and options.start_step == 0
+    every_step = (
+        options.reuse is None
+        and options.start_step == 0
+        and options.policy == "periodic"
+    )
+    keeps_gradient = options.reuse == "look" or options.descent != "sam"
     clean = range(len(variables))
-    if every_step:
+    if every_step and options.descent == "sam":
         unread = set(gradient_indices) - set(perturbed)
         clean = [i for i in clean if i not in unread]
     return StepPlan(
@@ -123,5 +128,5 @@ def make_plan(
         matrices=matrices,
         ascends_every_step=every_step,
         clean_indices=tuple(clean),
-        keeps_gradient=options.reuse == "look",
+        keeps_gradient=keeps_gradient,
     )

@@ -1,4 +1,5 @@
-"""Saving the callable options of a `SAMModel` (`rho`, `perturb`)."""
+"""Saving the callable options of a `SAMModel` (`rho`, `perturb`,
+`policy_threshold`)."""
 
 from __future__ import annotations
 

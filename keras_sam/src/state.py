@@ -30,12 +30,16 @@ class SAMState(NamedTuple):
             gradient's norm with `reuse_scale="relative"`).
         u: nuSAM's fan-in vector per perturbed weight matrix (`[]` for the
             other geometries).
+        norm_stats: AE-SAM's running mean and variance of the squared norm
+            of the clean gradient, two float32 scalars (`[]` without
+            `policy="adaptive"`).
     """
 
     iterations: Any
     ema: list
     g_v: list
     u: list
+    norm_stats: list = []
 
 
 def _constant(value: np.ndarray):

@@ -2,11 +2,13 @@
 
 A step on every backend: pass 1 gives the clean gradient (as Keras' own
 step does); `gather` turns it into what the method reads; `friendly_ema`
-and `direction` give the ascent direction; on an ascent step, `perturb`
-gives the perturbation, the backend runs pass 2 with it and `after_ascent`
-reads its gradient; on a reuse step, `reuse` gives the update instead;
-`commit` keeps the new state only if every gradient was finite, and
-`merge` lays the result out for the base optimizer.
+and `direction` give the ascent direction; `ascent_policy` decides whether
+the step ascends; on an ascent step, `perturb` gives the perturbation, the
+backend runs pass 2 with it and `after_ascent` reads its gradient; on a
+reuse step, `reuse` gives the update instead; `descend` applies the
+descent rule (GSAM, WSAM) to an ascent's gradient; `commit` keeps the new
+state only if every gradient was finite, and `merge` lays the result out
+for the base optimizer.
 
 Conventions, by name: a *share* is this replica's share of the global
 gradient (its local mean loss divided by the replica count; the shares of
@@ -23,9 +25,9 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from keras_sam.src.methods import friendly, nuclear, schedule
+from keras_sam.src.methods import descent, friendly, nuclear, schedule
 from keras_sam.src.methods.geometry import perturbation
-from keras_sam.src.methods.tensors import all_finite, to_float32
+from keras_sam.src.methods.tensors import all_finite, global_dot, to_float32
 from keras_sam.src.options import SAMOptions
 from keras_sam.src.perturbation import Dense, RankOne
 from keras_sam.src.plan import StepPlan
@@ -39,7 +41,8 @@ class Clean(NamedTuple):
     Attributes:
         share: this replica's share, over the SAM gradient's variables.
         total: the global gradient over the same variables, when the step
-            reads it beyond the perturbed ones (LookSAM), else `None`.
+            reads it beyond the perturbed ones (LookSAM, AE-SAM's policy,
+            GSAM's global decomposition), else `None`.
         perturbed: the global gradient over the perturbed variables, when
             anything reads it (the global ascent, F-SAM's EMA, nuSAM's
             `u`), else `None`.
@@ -116,7 +119,7 @@ def gather(
     share_p = [share[position[i]] for i in pi]
     per_replica = options.ascent == "per_replica" and replicas.count > 1
     total = perturbed = None
-    if options.reuse == "look":
+    if _reads_total(options, per_replica):
         total = replicas.sum(share)
         perturbed = [total[position[i]] for i in pi]
     elif not per_replica or options.friendly or plan.matrices:
@@ -126,6 +129,17 @@ def gather(
     present = tuple(g is not None for g in grads)
     others = {i: g for i, g in enumerate(grads) if i not in position}
     return Clean(share, total, perturbed, ascent, finite, present, others)
+
+
+def _reads_total(options: SAMOptions, per_replica: bool) -> bool:
+    """Whether the step reads the global gradient over every variable of the
+    SAM gradient: LookSAM's projection, AE-SAM's norm, GSAM's global
+    decomposition."""
+    return (
+        options.reuse == "look"
+        or options.policy == "adaptive"
+        or (options.descent == "gsam" and not per_replica)
+    )
 
 
 def friendly_ema(options: SAMOptions, ema: list, clean: Clean, active):
@@ -142,6 +156,29 @@ def direction(options: SAMOptions, gradients: list, ema: list) -> list:
     if not options.friendly:
         return gradients
     return friendly.direction(gradients, ema, options.sigma)
+
+
+def ascent_policy(
+    options: SAMOptions, t, clean: Clean, statistics: list, active
+) -> tuple[Any, list]:
+    """Whether SAM step `t` ascends, and AE-SAM's statistics after it.
+
+    `policy="periodic"`: every step with `t >= 0`, or every `k`-th with
+    `reuse`. `policy="adaptive"` (AE-SAM): the statistics of `||g||^2`
+    (global over the SAM gradient's variables) take this step's norm, then
+    the step ascends if `||g||^2 >= mu + c_t sigma`; before `start_step`
+    the statistics stay and nothing ascends (`[]` without the policy).
+    """
+    if options.policy != "adaptive":
+        return schedule.takes_ascent(t, options.reuse, options.k), []
+    squared_norm = global_dot(clean.total, clean.total)
+    new = schedule.policy_statistics(
+        statistics, squared_norm, options.policy_decay
+    )
+    new = [ops.where(active, n, old) for n, old in zip(new, statistics)]
+    threshold = schedule.rho_at(options.policy_threshold, ops.maximum(t, 0))
+    ascends = schedule.policy_ascends(squared_norm, new, threshold)
+    return ops.logical_and(active, ascends), new
 
 
 def perturb(
@@ -223,6 +260,71 @@ def reuse(
         final = [ops.cast(r, f.dtype) for r, f in zip(reused, final)]
     zero = ops.zeros((), "float32")
     return Branch(final, zero, list(state.g_v), list(state.u), clean.finite)
+
+
+def descend(
+    plan: StepPlan,
+    options: SAMOptions,
+    clean: Clean,
+    grads: list,
+    values: list,
+    branch: Branch,
+    ascent,
+    loss_scale,
+    replicas: Replicas,
+) -> tuple[Branch, list | None]:
+    """The branch with the descent rule applied to an ascent's `g_s`
+    (`branch.gradients`; a reuse step's update is kept), and WSAM's
+    decoupled term.
+
+    Runs after the traced conditional, so that GSAM's global decomposition
+    can all-reduce `g_s` (MirroredStrategy cannot inside one). `"sam"`:
+    `g_s`. `"gsam"`: `g_s - alpha g_perp`, with `g_perp` from the global
+    `g` and `g_s` (`ascent="global"`, the one-device trajectory) or from
+    this replica's own (`"per_replica"`, each replica decomposes its own,
+    as the GSAM code does). `"wsam"`: the coupled `g + w (g_s - g)`, or,
+    decoupled, `g` for the optimizer and the term `w (g_s - g)` (global,
+    float32, zero unless the step ascended), `w = gamma / (1 - gamma)`,
+    which the backend subtracts times the learning rate after the
+    optimizer's step.
+    """
+    if options.descent == "sam":
+        return branch, None
+    g, g_s = clean.share, unscaled(branch.gradients, loss_scale)
+    term = None
+    if options.descent == "gsam":
+        c = _gsam_coefficient(options, clean, g_s, replicas)
+        update = descent.gsam(g, g_s, c, options.gsam_alpha)
+    elif options.decoupled:
+        update = None
+        term = replicas.sum(descent.wsam_sharpness(g, g_s, options.gamma))
+        term = [ops.where(ascent, d, ops.zeros_like(d)) for d in term]
+    else:
+        update = descent.wsam(g, g_s, options.gamma)
+    if update is None:
+        gradients = or_zeros(grads, values, plan.gradient_indices)
+    else:
+        if loss_scale is not None:
+            update = [u * loss_scale for u in update]
+        gradients = [
+            ops.cast(u, b.dtype) for u, b in zip(update, branch.gradients)
+        ]
+    if not plan.ascends_every_step:
+        gradients = [
+            ops.where(ascent, n, b) for n, b in zip(gradients, branch.gradients)
+        ]
+    return branch._replace(gradients=gradients), term
+
+
+def _gsam_coefficient(
+    options: SAMOptions, clean: Clean, sam_share: list, replicas: Replicas
+):
+    """GSAM's `<g, g_s> / ||g_s||^2`, from the global `g` and `g_s` (one
+    all-reduce of `g_s` on many replicas), or with `ascent="per_replica"`
+    from this replica's own (scale-invariant: its shares do)."""
+    if replicas.count > 1 and options.ascent != "per_replica":
+        return descent.gsam_coefficient(clean.total, replicas.sum(sam_share))
+    return descent.gsam_coefficient(clean.share, sam_share)
 
 
 def commit(old: SAMState, new: SAMState, ok) -> SAMState:

@@ -32,6 +32,10 @@ class Update(NamedTuple):
         ascended: 1.0 if the step took an ascent whose state was kept.
         skipped: 1.0 if the state was left as it was (a gradient was not
             finite).
+        decoupled: WSAM's decoupled term over the SAM gradient's
+            variables (global, float32), which the backend subtracts times
+            the learning rate after the optimizer's step (`_decoupled`);
+            `None` for every other method.
     """
 
     gradients: list
@@ -39,6 +43,7 @@ class Update(NamedTuple):
     sharpness: Any
     ascended: Any
     skipped: Any
+    decoupled: list | None = None
 
 
 class SAMTrainer:
@@ -74,7 +79,9 @@ class SAMTrainer:
         active = ops.greater_equal(t, 0)
         ema = step.friendly_ema(o, state.ema, clean, active)
         direction = step.direction(o, clean.ascent, ema)
-        ascent = schedule.takes_ascent(t, o.reuse, o.k)
+        ascent, norm_stats = step.ascent_policy(
+            o, t, clean, state.norm_stats, active
+        )
         args = (clean, direction, ema, values, state, loss, grads, inputs)
         if plan.ascends_every_step:
             branch, differentiated = self._ascend(*args, loss_scale, replicas)
@@ -104,13 +111,19 @@ class SAMTrainer:
                 ops.where(ascent, new, old)
                 for new, old in zip(replicas.sum(g_v), state.g_v)
             ]
-        new = SAMState(state.iterations + 1, ema, list(g_v), branch.u)
+        branch, decoupled = step.descend(
+            plan, o, clean, grads, values, branch, ascent, loss_scale, replicas
+        )
+        new = SAMState(
+            state.iterations + 1, ema, list(g_v), branch.u, norm_stats
+        )
         return Update(
             gradients=step.merge(plan, clean, branch.gradients, differentiated),
             state=step.commit(state, new, ok),
             sharpness=ops.where(ok, branch.sharpness, 0.0),
             ascended=ops.cast(ops.logical_and(ascent, ok), "float32"),
             skipped=ops.cast(ops.logical_not(ok), "float32"),
+            decoupled=decoupled,
         )
 
     def _ascend(
@@ -169,6 +182,54 @@ class SAMTrainer:
     def _release_clean_gradient(self, *lists) -> None:
         """Where an eager backend frees pass 1's gradient before pass 2
         (compiled backends leave it to the compiler)."""
+
+    def _learning_rate(self):
+        """The learning rate of the base optimizer's next step (float32),
+        for WSAM's decoupled term: read before `apply` (the optimizer's own
+        schedule at its `iterations`); `None` unless the term exists."""
+        if not self._options.decoupled:
+            return None
+        return ops.cast(self.optimizer.learning_rate, "float32")
+
+    def _decoupled_steps(self, update: Update, learning_rate, dtypes) -> list:
+        """WSAM's decoupled step of each variable of the SAM gradient,
+        `lr * gamma / (1 - gamma) (g_s - g)` (Yue et al. 2023, Alg. 1), in
+        its dtype; zero on a skipped step."""
+        skipped = ops.greater(update.skipped, 0.0)
+        return [
+            ops.cast(ops.where(skipped, 0.0, learning_rate * term), dtype)
+            for term, dtype in zip(update.decoupled, dtypes)
+        ]
+
+    def _decoupled(self, values: list, update: Update, learning_rate) -> list:
+        """`values` (aligned with the trainable variables, after the
+        optimizer's step) minus WSAM's decoupled steps; `values` as they are
+        without them."""
+        if update.decoupled is None:
+            return values
+        values = list(values)
+        indices = self._plan.gradient_indices
+        steps = self._decoupled_steps(
+            update, learning_rate, [values[i].dtype for i in indices]
+        )
+        for i, step_ in zip(indices, steps):
+            values[i] = values[i] - step_
+        return values
+
+    def _assign_decoupled(
+        self, variables: list, update: Update, learning_rate
+    ) -> None:
+        """`_decoupled` in place, on the trainable variables (TensorFlow,
+        torch). Under a `tf.distribute` strategy each replica subtracts the
+        same global term from its own copy."""
+        if update.decoupled is None:
+            return
+        indices = self._plan.gradient_indices
+        steps = self._decoupled_steps(
+            update, learning_rate, [variables[i].dtype for i in indices]
+        )
+        for i, step_ in zip(indices, steps):
+            variables[i].assign_sub(step_)
 
     def _perturbed_loss(
         self, values, non_trainable_values, metrics_values, x, y, weights

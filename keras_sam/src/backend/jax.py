@@ -60,6 +60,7 @@ class JaxSAMTrainer(SAMTrainer):
         )
         with self._stateless(optimizer_values, self.optimizer.variables):
             loss_scale = self._loss_scale()
+            learning_rate = self._learning_rate()
         sam_state = self._state.from_values(
             self.non_trainable_variables, non_trainable
         )
@@ -72,6 +73,7 @@ class JaxSAMTrainer(SAMTrainer):
         trainable, optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, update.gradients, trainable
         )
+        trainable = self._decoupled(trainable, update, learning_rate)
         with self._stateless(metrics_values, self.metrics_variables) as scope:
             self._track(update)
         metrics_values = [

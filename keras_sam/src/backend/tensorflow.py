@@ -105,7 +105,9 @@ class TensorFlowSAMTrainer(SAMTrainer):
             self._loss_scale(),
             _replicas(),
         )
+        learning_rate = self._learning_rate()
         self.optimizer.apply(update.gradients, variables)
+        self._assign_decoupled(variables, update, learning_rate)
         self._state.assign(update.state)
         self._track(update)
         return self._train_logs(x, y, y_pred, sample_weight)

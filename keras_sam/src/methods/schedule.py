@@ -7,12 +7,18 @@ References:
     Liu et al., "Sharpness-Aware Minimization in Large-Batch Training:
     Training Vision Transformer in Minutes", 2022: Alg. 1 (LookSAM), eq. (4),
     and the SAM-k baseline of Sec. 3.2.
+    Jiang et al., "An Adaptive Policy to Employ Sharpness-Aware
+    Minimization" (AE-SAM, AE-LookSAM), ICLR 2023: Sec. 3.
+    Zhuang et al., "Surrogate Gap Minimization Improves Sharpness-Aware
+    Training" (GSAM), ICLR 2022: the radius proportional to the learning
+    rate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import keras
 from keras import ops
 
 from keras_sam.src.methods.tensors import DELTA, global_dot, global_norm
@@ -34,6 +40,121 @@ def takes_ascent(t, reuse: str | None, k: int | None):
     if reuse is None:
         return active
     return ops.logical_and(active, ops.equal(ops.mod(t, k), 0))
+
+
+def policy_statistics(statistics: Sequence, squared_norm, decay: float):
+    """AE-SAM's running mean and variance of `s = ||g||^2` after this step
+    (Jiang et al. 2023, Sec. 3), `statistics = [mu, sigma^2]`:
+
+    `mu = delta mu + (1 - delta) s`, then
+    `sigma^2 = delta sigma^2 + (1 - delta) (s - mu)^2` with the new `mu`.
+    Both start at 0.
+    """
+    mean, variance = statistics
+    mean = decay * mean + (1.0 - decay) * squared_norm
+    variance = decay * variance + (1.0 - decay) * ops.square(
+        squared_norm - mean
+    )
+    return [mean, variance]
+
+
+def policy_ascends(squared_norm, statistics: Sequence, threshold):
+    """AE-SAM's test (Jiang et al. 2023, Sec. 3): an ascent (a SAM step)
+    when `||g||^2 >= mu + c sigma`, with the statistics of this step; a
+    plain (ERM) or reuse step otherwise. A larger `c` ascends less often:
+    about `1 - Phi(c)` of the steps if `||g||^2` is normal."""
+    mean, variance = statistics
+    return ops.greater_equal(
+        squared_norm, mean + threshold * ops.sqrt(variance)
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_sam")
+class ProportionalRho(keras.optimizers.schedules.LearningRateSchedule):
+    """A radius that follows the learning rate (GSAM, Zhuang et al. 2022):
+
+    `rho_t = rho_min + (rho_max - rho_min) (lr_t - lr_min) / (lr_max -
+    lr_min)`, clipped at 0,
+
+    where `lr_t` is `learning_rate` at the optimizer's step, so `rho` decays
+    as the learning rate does, through the same schedule. Pass it as `rho`
+    (any method): `SAMModel(model, "gsam", rho=ProportionalRho(schedule,
+    lr_max=1e-3, rho_max=0.6, rho_min=0.1))`, with `schedule` the base
+    optimizer's learning rate.
+
+    Args:
+        learning_rate: the base optimizer's learning rate: a
+            `keras.optimizers.schedules.LearningRateSchedule`, a callable of
+            the step, or a float (then `rho = rho_max` throughout).
+        lr_max: the largest learning rate of the schedule (after warmup).
+        rho_max: the radius at `lr_max`.
+        rho_min: the radius at `lr_min`. Defaults to `0.0`.
+        lr_min: the smallest learning rate of the schedule. Defaults to
+            `0.0`.
+        start_step: the `SAMModel`'s `start_step`: `rho` is called with the
+            SAM step `t = step - start_step`, and the learning rate is read
+            at `t + start_step`. Defaults to `0`.
+    """
+
+    def __init__(
+        self,
+        learning_rate,
+        lr_max: float,
+        rho_max: float,
+        rho_min: float = 0.0,
+        lr_min: float = 0.0,
+        start_step: int = 0,
+    ):
+        _check_proportional(lr_max, lr_min, rho_max, rho_min)
+        self.learning_rate = learning_rate
+        self.lr_max, self.lr_min = float(lr_max), float(lr_min)
+        self.rho_max, self.rho_min = float(rho_max), float(rho_min)
+        self.start_step = int(start_step)
+
+    def __call__(self, step):
+        if not callable(self.learning_rate) or self.lr_max == self.lr_min:
+            return ops.convert_to_tensor(self.rho_max, "float32")
+        step = ops.cast(step, "float32") + float(self.start_step)
+        lr = ops.cast(self.learning_rate(step), "float32")
+        fraction = (lr - self.lr_min) / (self.lr_max - self.lr_min)
+        rho = self.rho_min + (self.rho_max - self.rho_min) * fraction
+        return ops.maximum(rho, 0.0)
+
+    def get_config(self) -> dict:
+        learning_rate = self.learning_rate
+        if callable(learning_rate):
+            learning_rate = keras.saving.serialize_keras_object(learning_rate)
+        return {
+            "learning_rate": learning_rate,
+            "lr_max": self.lr_max,
+            "rho_max": self.rho_max,
+            "rho_min": self.rho_min,
+            "lr_min": self.lr_min,
+            "start_step": self.start_step,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        if isinstance(config["learning_rate"], dict):
+            config["learning_rate"] = keras.saving.deserialize_keras_object(
+                config["learning_rate"]
+            )
+        return cls(**config)
+
+
+def _check_proportional(lr_max, lr_min, rho_max, rho_min) -> None:
+    if not 0.0 <= rho_min <= rho_max:
+        raise ValueError(
+            "ProportionalRho needs 0 <= rho_min <= rho_max; received "
+            f"rho_min={rho_min!r}, rho_max={rho_max!r}."
+        )
+    if lr_max < lr_min or (lr_max == lr_min and rho_max != rho_min):
+        raise ValueError(
+            "ProportionalRho needs lr_max > lr_min (or lr_max == lr_min "
+            "with rho_max == rho_min: a constant rho); received "
+            f"lr_max={lr_max!r}, lr_min={lr_min!r}."
+        )
 
 
 def look_projection(gradients: Sequence, sam_gradients: Sequence) -> list:
