@@ -1,12 +1,13 @@
 """keras-sam: Sharpness-Aware Minimization and its variants for Keras 3.
 
 The public API: `SAMModel`, its presets and resolved options, the state it
-keeps, and `keras_sam.optimizers`. Everything under `keras_sam.src` is
-private; `keras_sam.demo` (the `keras-sam demo` command and its models) is
-not imported by the library.
+keeps, `keras_sam.optimizers`, and `keras_sam.analysis` (sharpness, Hessian
+spectrum and loss landscapes of any Keras model). Everything under
+`keras_sam.src` is private; `keras_sam.demo` (the `keras-sam demo` command
+and its models) is not imported by the library.
 """
 
-from keras_sam import optimizers
+from keras_sam import analysis, optimizers
 from keras_sam.src.model import SAMModel
 from keras_sam.src.options import PRESETS, Preset, SAMOptions
 from keras_sam.src.state import SAMState
@@ -19,5 +20,6 @@ __all__ = [
     "SAMModel",
     "SAMOptions",
     "SAMState",
+    "analysis",
     "optimizers",
 ]
