@@ -583,3 +583,17 @@ def test_a_model_without_loss_or_weights_is_a_clear_error():
     unbuilt = keras.Sequential([keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="`model` must be built"):
         analysis.hessian_trace(unbuilt, X_Q, Y_Q, loss="mse")
+
+
+def test_compiled_functions_are_made_once_per_model_and_loss():
+    from keras_sam.src.analysis.objective import cached_objective
+
+    model = mlp_model()
+    first = cached_objective(model)
+    assert cached_objective(model) is first
+    assert cached_objective(SAMModel(model), loss="mse") is first
+    assert cached_objective(model, loss="mae") is not first
+    hidden = cached_objective(model, variables=model.get_layer("hidden"))
+    assert hidden is not first and hidden.indices == [0, 1]
+    model.compile(loss="mae")
+    assert cached_objective(model).loss_source == "mae"

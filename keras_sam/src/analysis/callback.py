@@ -9,7 +9,11 @@ from typing import NamedTuple
 import keras
 
 from keras_sam.src.analysis import curvature, sharpness
-from keras_sam.src.analysis.objective import HVP_MODES, Objective, make_batches
+from keras_sam.src.analysis.objective import (
+    HVP_MODES,
+    cached_objective,
+    make_batches,
+)
 from keras_sam.src.validation import check_choice, check_int
 
 
@@ -81,7 +85,7 @@ class FlatnessCallback(keras.callbacks.Callback):
     `hessian_trace`), `"sharpness"` (`sharpness(...).mean`, as
     `sharpness`, one batch per batch of the data), or a function
     `measure(model, x, y) -> float`. The measure's compiled functions are
-    made once, at its first use, and reused.
+    made at its first use and reused.
 
     Args:
         x: inputs (a fixed batch, say), or, with `y=None`, an iterable of
@@ -144,20 +148,17 @@ class FlatnessCallback(keras.callbacks.Callback):
         self.measure, self.every, self.name = measure, every, name
         self._data = (x, y)
         self._objective_arguments = (loss, variables, hvp)
-        self._objective = self._batches = self._measured = None
+        self._batches = None
         self.epochs, self.values = [], []
 
     def _measure(self) -> float:
         if callable(self.measure):
             return float(self.measure(self.model, *self._data))
-        if self._objective is None or self._measured is not self.model:
-            self._objective = Objective(self.model, *self._objective_arguments)
+        if self._batches is None:
             self._batches = make_batches(*self._data)
-            self._measured = self.model
+        objective = cached_objective(self.model, *self._objective_arguments)
         measure = MEASURES[self.measure]
-        result = measure.function(
-            self._objective, self._batches, **self._options
-        )
+        result = measure.function(objective, self._batches, **self._options)
         return measure.number(result)
 
     def on_epoch_end(self, epoch, logs=None):

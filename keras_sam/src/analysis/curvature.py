@@ -17,7 +17,11 @@ from typing import NamedTuple
 import numpy as np
 
 from keras_sam.src.analysis import vectors
-from keras_sam.src.analysis.objective import Objective, make_batches
+from keras_sam.src.analysis.objective import (
+    Objective,
+    cached_objective,
+    make_batches,
+)
 from keras_sam.src.validation import check_choice, check_int, check_real
 
 EIGEN_METHODS = ("power", "lanczos")
@@ -208,7 +212,7 @@ def top_eigenvalues(
         Hessian", IEEE Big Data 2020, Algorithm 1.
     """
     check_eigen_options(k, method, iterations, tolerance)
-    objective = Objective(model, loss, variables, hvp)
+    objective = cached_objective(model, loss, variables, hvp)
     return eigen(
         objective,
         make_batches(x, y, batch_size),
@@ -286,7 +290,7 @@ def hessian_trace(
         "PyHessian", IEEE Big Data 2020, Algorithm 2.
     """
     check_int("samples", samples, 1)
-    objective = Objective(model, loss, variables, hvp)
+    objective = cached_objective(model, loss, variables, hvp)
     batches = make_batches(x, y, batch_size)
     return trace(objective, batches, samples=samples, seed=seed)
 
@@ -328,7 +332,7 @@ def hessian_vector_product(
     hv = keras_sam.analysis.hessian_vector_product(model, v, x, y)
     ```
     """
-    objective = Objective(model, loss, variables, hvp)
+    objective = cached_objective(model, loss, variables, hvp)
     shapes = [tuple(v.shape) for v in objective.variables]
     if [tuple(np.shape(v)) for v in vector] != shapes:
         raise ValueError(

@@ -28,6 +28,7 @@ from keras import ops
 from keras_sam.src.analysis import autodiff, vectors
 from keras_sam.src.analysis.objective import (
     Objective,
+    cached_objective,
     inner_model,
     make_batches,
 )
@@ -191,7 +192,7 @@ def landscape_1d(
         2018.
     """
     coordinates = _coordinates(span, points)
-    objective = Objective(model, loss)
+    objective = cached_objective(model, loss)
     if direction is None:
         direction = random_direction(model, seed=seed)
     d = _direction(objective, direction, "direction")
@@ -249,7 +250,7 @@ def landscape_2d(
         2018.
     """
     coordinates = _coordinates(span, points)
-    objective = Objective(model, loss)
+    objective = cached_objective(model, loss)
     if directions is None:
         directions = [random_direction(model, seed=seed + i) for i in (0, 1)]
     if len(directions) != 2:
@@ -336,7 +337,7 @@ def interpolation(
     coordinates = _coordinates(span, points)
     a, b = inner_model(model_a), inner_model(model_b)
     _check_same_architecture(a, b)
-    objective = Objective(model_a, loss)
+    objective = cached_objective(model_a, loss)
     batches = make_batches(x, y, batch_size)
     weights = [autodiff.snapshot(m.trainable_variables) for m in (a, b)]
     states = [autodiff.snapshot(m.non_trainable_variables) for m in (a, b)]

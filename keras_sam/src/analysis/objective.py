@@ -6,10 +6,15 @@ its moving statistics (inference mode) and dropout is off, so measuring
 changes nothing and gives the same number twice. The loss is the data loss
 only (a `keras.losses.Loss`, or the loss the model was compiled with): the
 model's regularization losses are not part of the landscape.
+
+`cached_objective` makes the compiled functions (`autodiff/`) once per
+model, loss, measured variables and HVP mode, and every measure reuses
+them: a JAX or TensorFlow trace of a large model takes seconds.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, NamedTuple
 
 import keras
@@ -169,6 +174,10 @@ def make_batches(x, y=None, batch_size: int | None = None) -> list[Batch]:
     return batches
 
 
+def _loss_source(model, loss):
+    return loss if loss is not None else getattr(model, "loss", None)
+
+
 class Objective:
     """The data loss of a model on a batch, as a function of the values of
     some of its trainable variables (the others stay at their values).
@@ -184,11 +193,18 @@ class Objective:
 
     def __init__(self, model, loss=None, variables=None, hvp="autodiff"):
         check_choice("hvp", hvp, HVP_MODES)
-        self.model = inner_model(model)
+        inner = inner_model(model)
+        # A weak reference: the cache of `objective()` outlives no model.
+        self._model = weakref.ref(inner)
+        self.loss_source = _loss_source(model, loss)
         self.loss = resolve_loss(model, loss)
-        self.indices = variable_indices(self.model, variables)
+        self.indices = variable_indices(inner, variables)
         self.hvp_mode = hvp
         self._functions = autodiff.compile_loss(self._loss)
+
+    @property
+    def model(self) -> keras.Model:
+        return self._model()
 
     @property
     def variables(self) -> list:
@@ -262,3 +278,31 @@ class Objective:
                 for context, weight in contexts
             )
         )
+
+
+# Per model: {(its trainable variables, those measured, hvp): Objective}.
+_OBJECTIVES = weakref.WeakKeyDictionary()
+
+
+def cached_objective(
+    model, loss=None, variables=None, hvp="autodiff"
+) -> Objective:
+    """An `Objective`, made once for a model, a loss, its variables and an
+    HVP mode, then reused with its compiled functions (a JAX or TensorFlow
+    trace of a large model takes seconds)."""
+    check_choice("hvp", hvp, HVP_MODES)
+    inner = inner_model(model)
+    key = (
+        tuple(id(v) for v in inner.trainable_variables),
+        tuple(variable_indices(inner, variables)),
+        hvp,
+    )
+    source = _loss_source(model, loss)
+    cache = _OBJECTIVES.setdefault(inner, {})
+    cached = cache.get(key)
+    if cached is None or not (
+        cached.loss_source is source
+        or (isinstance(source, str) and cached.loss_source == source)
+    ):
+        cached = cache[key] = Objective(model, loss, variables, hvp)
+    return cached

@@ -3,6 +3,8 @@ drawn (importing `keras_sam.analysis` does not import it)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from keras_sam.src.analysis.landscape import Landscape1D, Landscape2D
@@ -76,10 +78,12 @@ def plot_line(
     return ax
 
 
-def _levels(losses: np.ndarray, levels: int) -> np.ndarray:
+def _levels(losses: np.ndarray, levels) -> np.ndarray:
     """Contour levels from the minimum up: evenly spaced in the loss up to
     its median over the plane, so that the basin, not the walls, gets the
-    lines (Li et al.'s contours are drawn the same way)."""
+    lines; or `levels` as given."""
+    if not isinstance(levels, int):
+        return np.asarray(levels)
     low, high = float(np.min(losses)), float(np.median(losses))
     if high <= low:
         high = float(np.max(losses))
@@ -92,7 +96,7 @@ def plot_contour(
     landscape: Landscape2D,
     *,
     ax=None,
-    levels: int = 15,
+    levels: int | Sequence[float] = 15,
     title: str | None = None,
 ):
     """Contour plot of a `Landscape2D`, the model's weights marked at the
@@ -103,7 +107,8 @@ def plot_contour(
         ax: the matplotlib `Axes` to draw on; `None`: a new figure.
             Defaults to `None`.
         levels: the number of contour lines, evenly spaced from the lowest
-            loss to the median loss of the plane. Defaults to `15`.
+            loss to the median loss of the plane, or the losses at which to
+            draw them (the same for several planes). Defaults to `15`.
         title: the title. Defaults to `None`.
 
     Returns:

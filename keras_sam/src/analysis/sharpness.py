@@ -28,7 +28,11 @@ from keras import ops
 
 from keras_sam.src.analysis import vectors
 from keras_sam.src.analysis.curvature import stderr
-from keras_sam.src.analysis.objective import Objective, make_batches
+from keras_sam.src.analysis.objective import (
+    Objective,
+    cached_objective,
+    make_batches,
+)
 from keras_sam.src.methods import geometry as geometries
 from keras_sam.src.validation import check_choice, check_int, check_real
 
@@ -264,7 +268,7 @@ def sharpness(
         radius, kind, geometry, norm, steps, step_size, samples, eta
     )
     _check_m(y, m)
-    objective = Objective(model, loss, variables)
+    objective = cached_objective(model, loss, variables)
     return measure(
         objective,
         make_batches(x, y, m),
