@@ -8,7 +8,9 @@ Hutchinson's standard error), the sharpness and the landscapes agree on
 every backend; the callback runs inside `fit`.
 """
 
+import gc
 import itertools
+import weakref
 
 import keras
 import numpy as np
@@ -441,14 +443,18 @@ def test_callback_measures_a_sam_model_in_fit():
     sam = SAMModel(mlp_model(), method="sam", rho=0.05)
     sam.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     callback = analysis.FlatnessCallback(
-        X_M[:8], Y_M[:8], measure="sharpness", steps=2, radius=0.05
+        X_M, Y_M, measure="sharpness", batch_size=8, steps=2, radius=0.05
     )
     history = sam.fit(
         X_M, Y_M, epochs=1, batch_size=8, verbose=0, callbacks=[callback]
     )
-    value = history.history["sharpness"][0]
-    direct = analysis.sharpness(sam, X_M[:8], Y_M[:8], steps=2, radius=0.05)
+    value = history.history["m_sharpness"][0]
+    direct = analysis.sharpness(sam, X_M, Y_M, m=8, steps=2, radius=0.05)
     assert value == pytest.approx(direct.mean, rel=1e-5) and value > 0
+    assert "sharpness" in history.history  # SAMModel's own, kept
+    clash = analysis.FlatnessCallback(X_M, Y_M, name="loss")
+    with pytest.raises(ValueError, match="The logs already hold 'loss'"):
+        sam.fit(X_M, Y_M, epochs=1, verbose=0, callbacks=[clash])
 
 
 # --- errors
@@ -562,6 +568,13 @@ def test_callback_measures_a_sam_model_in_fit():
         ),
         (
             lambda m: analysis.FlatnessCallback(
+                X_Q, Y_Q, measure="sharpness", batch_size=3
+            ),
+            ValueError,
+            "`m` must divide the number of examples, 8",
+        ),
+        (
+            lambda m: analysis.FlatnessCallback(
                 X_Q, Y_Q, measure="sharpness", norm="l1"
             ),
             ValueError,
@@ -597,3 +610,9 @@ def test_compiled_functions_are_made_once_per_model_and_loss():
     assert hidden is not first and hidden.indices == [0, 1]
     model.compile(loss="mae")
     assert cached_objective(model).loss_source == "mae"
+    analysis.hessian_trace(model, X_M, Y_M, samples=1)
+    # The cache keeps no model alive.
+    alive = weakref.ref(model)
+    del model, first, hidden
+    gc.collect()
+    assert alive() is None

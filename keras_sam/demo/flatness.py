@@ -200,3 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     plot(line, measures, args.plot, title)
     print(f"\nwrote {args.plot}")
     return {"runs": runs, "measures": measures, "interpolation": line}
+
+
+if __name__ == "__main__":
+    main()

@@ -40,7 +40,7 @@ MEASURES = {
         lambda result: result.estimate,
     ),
     "sharpness": _Measure(
-        "sharpness",
+        "m_sharpness",  # a SAMModel logs its own `sharpness`
         sharpness.measure,
         lambda o: sharpness.check_sharpness_options(
             **{k: v for k, v in o.items() if k != "seed"}
@@ -83,7 +83,7 @@ class FlatnessCallback(keras.callbacks.Callback):
     Measures: `"top_eigenvalue"` (`top_eigenvalues(...).values[0]`, logged
     as `top_eigenvalue`), `"trace"` (`hessian_trace(...).estimate`, as
     `hessian_trace`), `"sharpness"` (`sharpness(...).mean`, as
-    `sharpness`, one batch per batch of the data), or a function
+    `m_sharpness`, with `m = batch_size`), or a function
     `measure(model, x, y) -> float`. The measure's compiled functions are
     made at its first use and reused.
 
@@ -96,6 +96,9 @@ class FlatnessCallback(keras.callbacks.Callback):
         every: measure every this many epochs (>= 1). Defaults to `1`.
         name: the key in the logs; `None`: the measure's (above), or the
             function's name. Defaults to `None`.
+        batch_size: the batch size for arrays: `m` for `"sharpness"` (it
+            must divide the number of examples), memory only for the
+            Hessian measures; `None`: one batch. Defaults to `None`.
         loss: the loss; `None`: the one the model is compiled with.
             Defaults to `None`.
         variables: the variables measured (a list, or a layer); `None`: all
@@ -126,6 +129,7 @@ class FlatnessCallback(keras.callbacks.Callback):
         measure: str | Callable = "top_eigenvalue",
         every: int = 1,
         name: str | None = None,
+        batch_size: int | None = None,
         loss=None,
         variables=None,
         hvp: str = "autodiff",
@@ -144,16 +148,18 @@ class FlatnessCallback(keras.callbacks.Callback):
         else:
             check_choice("measure", measure, tuple(MEASURES))
             self._options = _options(measure, options)
+            if measure == "sharpness":
+                sharpness.check_m(y, batch_size)
             name = name or MEASURES[measure].key
         self.measure, self.every, self.name = measure, every, name
-        self._data = (x, y)
+        self._data = (x, y, batch_size)
         self._objective_arguments = (loss, variables, hvp)
         self._batches = None
         self.epochs, self.values = [], []
 
     def _measure(self) -> float:
         if callable(self.measure):
-            return float(self.measure(self.model, *self._data))
+            return float(self.measure(self.model, *self._data[:2]))
         if self._batches is None:
             self._batches = make_batches(*self._data)
         objective = cached_objective(self.model, *self._objective_arguments)
@@ -164,6 +170,11 @@ class FlatnessCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
+        if logs is not None and self.name in logs:
+            raise ValueError(
+                f"The logs already hold {self.name!r} (a metric of the "
+                "model); give the measure another `name`."
+            )
         value = self._measure()
         self.epochs.append(epoch)
         self.values.append(value)

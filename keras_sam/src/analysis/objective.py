@@ -194,7 +194,7 @@ class Objective:
     def __init__(self, model, loss=None, variables=None, hvp="autodiff"):
         check_choice("hvp", hvp, HVP_MODES)
         inner = inner_model(model)
-        # A weak reference: the cache of `objective()` outlives no model.
+        # A weak reference: `cached_objective` keeps no model alive.
         self._model = weakref.ref(inner)
         self.loss_source = _loss_source(model, loss)
         self.loss = resolve_loss(model, loss)

@@ -174,7 +174,7 @@ def measure(
     return Sharpness(per_batch, float(np.mean(per_batch)), stderr(per_batch))
 
 
-def _check_m(y, m) -> None:
+def check_m(y, m) -> None:
     if m is None:
         return
     if y is None:
@@ -267,7 +267,7 @@ def sharpness(
     check_sharpness_options(
         radius, kind, geometry, norm, steps, step_size, samples, eta
     )
-    _check_m(y, m)
+    check_m(y, m)
     objective = cached_objective(model, loss, variables)
     return measure(
         objective,
