@@ -81,8 +81,9 @@ def test_flatness_measures_adamw_and_sam_and_writes_the_plot(
     out = capsys.readouterr().out
     assert "AdamW vs sam" in out and "Epoch 2/2" in out
     table = out[out.index("test accuracy") :].splitlines()
-    rows = {line[:34].strip(): line[34:].split() for line in table[:5]}
+    rows = {line[:34].strip(): line[34:].split() for line in table[:6]}
     assert float(rows["top Hessian eigenvalue"][0]) > 0
+    assert 0 <= float(rows["train accuracy (noisy labels)"][1]) <= 1
     assert rows["m-sharpness (m=32, rho=0.05)"][1] == "±"
     assert "SAM's model is flatter by:" in out
     assert plot.read_bytes().startswith(b"\x89PNG")

@@ -20,6 +20,7 @@ Usage: `keras-sam flatness [--method sam] [--epochs 30] [--noise 0.3]
 from __future__ import annotations
 
 import argparse
+import time
 
 import keras
 import numpy as np
@@ -57,6 +58,10 @@ def measure(model, x, y, args) -> dict:
 def _table(runs: dict, measures: dict, args) -> None:
     rows = [
         ("test accuracy", lambda r, m: f"{r['accuracy']:.3f}"),
+        (
+            "train accuracy (noisy labels)",
+            lambda r, m: f"{r['train_noisy']:.3f}",
+        ),
         ("train loss (noisy labels)", lambda r, m: f"{m['loss']:.3f}"),
         ("top Hessian eigenvalue", lambda r, m: f"{m['top_eigenvalue']:.2f}"),
         (
@@ -176,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = {}
     for name, method in zip(NAMES, (None, args.method)):
         print(f"\n--- training {name}")
+        start = time.perf_counter()
         runs[name] = noisy_digits.train(
             data,
             method,
@@ -184,11 +190,14 @@ def main(argv: list[str] | None = None) -> dict:
             model_kind=args.model,
             verbose=2,
         )
+        print(f"trained in {time.perf_counter() - start:.0f} s")
     x, y = data.x[: args.examples], data.y[: args.examples]
     measures = {}
     for name in NAMES:
-        print(f"measuring {name} on {args.examples} training examples")
+        print(f"measuring {name} on {args.examples} training examples", end="")
+        start = time.perf_counter()
         measures[name] = measure(runs[name]["model"], x, y, args)
+        print(f": {time.perf_counter() - start:.0f} s")
     line = analysis.interpolation(
         runs["AdamW"]["model"], runs["SAM"]["model"], x, y, points=21
     )
