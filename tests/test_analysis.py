@@ -616,3 +616,29 @@ def test_compiled_functions_are_made_once_per_model_and_loss():
     del model, first, hidden
     gc.collect()
     assert alive() is None
+
+
+def test_attention_has_hessian_vector_products():
+    """Through MultiHeadAttention (on torch, whose fused attention kernels
+    have no second derivative), autodiff agrees with finite differences."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 8))
+    h = keras.layers.MultiHeadAttention(2, 4)(inputs, inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    x = RNG.normal(size=(6, 4, 8)).astype("float32")
+    y = np.arange(6) % 3
+    vector = [
+        np.random.default_rng(1).normal(size=v.shape)
+        for v in model.trainable_variables
+    ]
+    exact, approximate = (
+        _flat(analysis.hessian_vector_product(model, vector, x, y, hvp=hvp))
+        for hvp in ("autodiff", "finite_difference")
+    )
+    np.testing.assert_allclose(
+        exact, approximate, atol=1e-2 * np.abs(exact).max()
+    )

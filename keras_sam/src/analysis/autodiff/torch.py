@@ -1,9 +1,12 @@
 """Gradients and Hessian-vector products on PyTorch: `torch.func.jvp` of
-`torch.func.grad` (eager)."""
+`torch.func.grad` (eager), attention on the math kernel of
+`scaled_dot_product_attention` (the fused kernels have no forward-mode or
+second derivative)."""
 
 from __future__ import annotations
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from keras_sam.src.analysis.autodiff.functions import Functions
 
@@ -28,8 +31,11 @@ def compile_loss(loss_fn) -> Functions:
 
     def hvp(values, vector, context):
         gradient = torch.func.grad(loss_fn)
-        return torch.func.jvp(
-            lambda w: gradient(w, context), (values,), (vector,)
-        )[1]
+        # The fused attention kernels have no forward or second derivative;
+        # the math kernel (matmuls and a softmax) computes the same values.
+        with sdpa_kernel([SDPBackend.MATH]):
+            return torch.func.jvp(
+                lambda w: gradient(w, context), (values,), (vector,)
+            )[1]
 
     return Functions(value, value_and_gradient, hvp)
