@@ -115,6 +115,19 @@ def mlp_model() -> keras.Model:
     return model
 
 
+@pytest.fixture(scope="module")
+def mlp():
+    """The MLP, for the tests that only read it: its compiled functions are
+    made once and reused (a trace is most of a test's time)."""
+    return mlp_model()
+
+
+@pytest.fixture(scope="module")
+def quadratic():
+    """The quadratic at `W0`, for the tests that only read it."""
+    return quadratic_model()
+
+
 def _flat(arrays):
     return np.concatenate([np.ravel(a) for a in arrays])
 
@@ -130,10 +143,10 @@ def _vector(seed):
 @pytest.mark.parametrize(
     "hvp, rtol", [("autodiff", 1e-4), ("finite_difference", 3e-3)]
 )
-def test_hessian_vector_product_is_the_numpy_hessian_times_v(hvp, rtol):
+def test_hessian_vector_product_is_the_numpy_hessian_times_v(hvp, rtol, mlp):
     vector, flat = _vector(1)
     hv = analysis.hessian_vector_product(
-        mlp_model(), vector, X_M, Y_M, batch_size=6, hvp=hvp
+        mlp, vector, X_M, Y_M, batch_size=6, hvp=hvp
     )
     expected = HESSIAN @ flat
     np.testing.assert_allclose(
@@ -141,37 +154,33 @@ def test_hessian_vector_product_is_the_numpy_hessian_times_v(hvp, rtol):
     )
 
 
-def test_quadratic_hessian_vector_product_is_a_times_v():
+def test_quadratic_hessian_vector_product_is_a_times_v(quadratic):
     v = np.arange(4.0)
     for hvp in ("autodiff", "finite_difference"):
-        hv = analysis.hessian_vector_product(
-            quadratic_model(), [v], X_Q, Y_Q, hvp=hvp
-        )
+        hv = analysis.hessian_vector_product(quadratic, [v], X_Q, Y_Q, hvp=hvp)
         np.testing.assert_allclose(hv[0], A @ v, rtol=1e-4, atol=1e-4)
 
 
-def test_power_iteration_finds_the_top_eigenvalues_and_vectors():
-    eigen = analysis.top_eigenvalues(
-        quadratic_model(), X_Q, Y_Q, k=2, tolerance=1e-6
-    )
+def test_power_iteration_finds_the_top_eigenvalues_and_vectors(quadratic, mlp):
+    eigen = analysis.top_eigenvalues(quadratic, X_Q, Y_Q, k=2, tolerance=1e-6)
     np.testing.assert_allclose(eigen.values, [4.0, 2.0], rtol=1e-4)
     for vector, column in zip(eigen.vectors, ROTATION.T):
         assert abs(np.dot(vector[0], column)) == pytest.approx(1.0, abs=1e-3)
     mlp = analysis.top_eigenvalues(
-        mlp_model(), X_M, Y_M, iterations=300, tolerance=1e-7, batch_size=6
+        mlp, X_M, Y_M, iterations=300, tolerance=1e-7, batch_size=6
     )
     top = EIGENVALUES[np.argmax(np.abs(EIGENVALUES))]  # largest magnitude
     np.testing.assert_allclose(mlp.values[0], top, rtol=1e-3)
 
 
-def test_lanczos_finds_the_largest_eigenvalues():
+def test_lanczos_finds_the_largest_eigenvalues(quadratic, mlp):
     quadratic = analysis.top_eigenvalues(
-        quadratic_model(), X_Q, Y_Q, k=3, method="lanczos", iterations=8
+        quadratic, X_Q, Y_Q, k=3, method="lanczos", iterations=8
     )
     np.testing.assert_allclose(quadratic.values, [4.0, 2.0, 1.0], rtol=1e-4)
     assert quadratic.products == 4  # the Krylov space is exhausted
     mlp = analysis.top_eigenvalues(
-        mlp_model(), X_M, Y_M, k=3, method="lanczos", iterations=26
+        mlp, X_M, Y_M, k=3, method="lanczos", iterations=26
     )
     np.testing.assert_allclose(mlp.values, EIGENVALUES[:3], rtol=2e-3)
     v = _flat(mlp.vectors[0])
@@ -180,14 +189,14 @@ def test_lanczos_finds_the_largest_eigenvalues():
     )
 
 
-def test_hutchinson_trace_is_within_its_standard_error():
-    trace = analysis.hessian_trace(mlp_model(), X_M, Y_M, samples=60)
+def test_hutchinson_trace_is_within_its_standard_error(quadratic, mlp):
+    trace = analysis.hessian_trace(mlp, X_M, Y_M, samples=60)
     assert abs(trace.estimate - np.trace(HESSIAN)) < 3.0 * trace.stderr
     assert trace.stderr == pytest.approx(
         np.std(trace.samples, ddof=1) / np.sqrt(60)
     )
     # Rademacher z: z^T A z has variance 2 sum_{i != j} A_ij^2.
-    quadratic = analysis.hessian_trace(quadratic_model(), X_Q, Y_Q, samples=60)
+    quadratic = analysis.hessian_trace(quadratic, X_Q, Y_Q, samples=60)
     off_diagonal = np.sum(A**2) - np.sum(np.diag(A) ** 2)
     assert abs(quadratic.estimate - np.trace(A)) < 3.0 * quadratic.stderr
     np.testing.assert_allclose(
@@ -195,8 +204,8 @@ def test_hutchinson_trace_is_within_its_standard_error():
     )
 
 
-def test_per_layer_curvature_is_that_of_the_diagonal_block():
-    model = mlp_model()
+def test_per_layer_curvature_is_that_of_the_diagonal_block(mlp):
+    model = mlp
     block = HESSIAN[:16, :16]  # hidden: kernel (3, 4) and bias (4,)
     eigen = analysis.top_eigenvalues(
         model,
@@ -248,9 +257,11 @@ C = np.abs(W0) + 0.01  # ASAM's scale, eta = 0.01
         ("adaptive", "linf", RHO * C * np.sign(G)),
     ],
 )
-def test_one_step_worst_case_is_sams_perturbation(geometry, norm, delta):
+def test_one_step_worst_case_is_sams_perturbation(
+    geometry, norm, delta, quadratic
+):
     result = analysis.sharpness(
-        quadratic_model(),
+        quadratic,
         X_Q,
         Y_Q,
         m=2,
@@ -265,8 +276,8 @@ def test_one_step_worst_case_is_sams_perturbation(geometry, norm, delta):
     assert result.stderr == pytest.approx(0.0, abs=1e-6)
 
 
-def test_projected_gradient_ascent_finds_the_maximum_in_the_ball():
-    model = quadratic_model()
+def test_projected_gradient_ascent_finds_the_maximum_in_the_ball(quadratic):
+    model = quadratic
     l2 = analysis.sharpness(model, X_Q, Y_Q, radius=RHO, steps=20)
     expected = _trust_region_maximum(G, A, RHO)
     assert l2.mean == pytest.approx(expected, rel=2e-4)
@@ -301,8 +312,8 @@ def test_average_case_at_the_minimum():
     assert l2.stderr < 0.1 * expected
 
 
-def test_sharpness_perturbs_only_the_chosen_variables():
-    model = mlp_model()
+def test_sharpness_perturbs_only_the_chosen_variables(mlp):
+    model = mlp
     everything = analysis.sharpness(model, X_M, Y_M, m=8, steps=3)
     kernel = analysis.sharpness(
         model, X_M, Y_M, m=8, steps=3, variables=[model.get_layer("out").kernel]
@@ -317,8 +328,8 @@ D1 = np.array([1.0, 0.0, 0.5, -1.0])
 D2 = np.array([0.0, 2.0, -1.0, 0.5])
 
 
-def test_landscape_of_a_quadratic_is_its_paraboloid():
-    model = quadratic_model()
+def test_landscape_of_a_quadratic_is_its_paraboloid(quadratic):
+    model = quadratic
     plane = analysis.landscape_2d(
         model, X_Q, Y_Q, directions=([D1], [D2]), span=(-2.0, 1.0), points=4
     )
@@ -332,10 +343,10 @@ def test_landscape_of_a_quadratic_is_its_paraboloid():
     np.testing.assert_allclose(line.losses, expected, rtol=1e-5)
 
 
-def test_interpolation_between_two_models():
+def test_interpolation_between_two_models(quadratic):
     w1 = np.array([0.0, 1.0, -1.0, 3.0])
     line = analysis.interpolation(
-        quadratic_model(), quadratic_model(w=w1), X_Q, Y_Q, points=5
+        quadratic, quadratic_model(w=w1), X_Q, Y_Q, points=5
     )
     a = np.linspace(-0.5, 1.5, 5)
     expected = [quadratic_loss((1 - s) * W0 + s * w1) for s in a]
@@ -378,13 +389,13 @@ def test_filter_normalised_direction():
     assert np.all(raw[1] != 0.0)
 
 
-def test_plots_draw_the_landscapes(tmp_path):
+def test_plots_draw_the_landscapes(tmp_path, quadratic):
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    model = quadratic_model()
+    model = quadratic
     plane = analysis.landscape_2d(
         model, X_Q, Y_Q, directions=([D1], [D2]), points=5
     )
