@@ -1,5 +1,6 @@
-# keras-sam: `make demo` runs the demo, `make test` the whole suite on the
-# tensorflow, jax and torch backends in turn, `make docs` the documentation site.
+# keras-sam: `make demo` runs the demo, `make flatness` measures how flat its
+# AdamW and SAM models are, `make test` the whole suite on the tensorflow, jax
+# and torch backends in turn, `make docs` the documentation site.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ WORKERS ?= 2
 # The CPU build of torch; an unpinned torch pulls CUDA packages.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test demo lint docs
+.PHONY: install test demo flatness lint docs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,6 +46,12 @@ test: install docs
 # keras_sam_demo.png. Arguments: make demo ARGS="--model mixer --epochs 5".
 demo: install
 	$(VENV)/bin/keras-sam demo $(ARGS)
+
+# AdamW's and SAM's models of the demo's label-noise run: top Hessian
+# eigenvalue, trace, m-sharpness, and keras_sam_flatness.png (the loss
+# between them and around each). Arguments: make flatness ARGS="--epochs 20".
+flatness: install
+	$(VENV)/bin/keras-sam flatness $(ARGS)
 
 lint: install
 	$(PY) -m ruff check keras_sam tests benchmarks examples

@@ -1,13 +1,14 @@
 """keras-sam: Sharpness-Aware Minimization and its variants for Keras 3.
 
 The public API: `SAMModel`, its presets and resolved options, the state it
-keeps, `ProportionalRho` (a radius that follows the learning rate, GSAM's)
-and `keras_sam.optimizers`. Everything under `keras_sam.src` is
-private; `keras_sam.demo` (the `keras-sam demo` command and its models) is
-not imported by the library.
+keeps, `ProportionalRho` (a radius that follows the learning rate, GSAM's),
+`keras_sam.optimizers`, and `keras_sam.analysis` (sharpness, Hessian
+spectrum and loss landscapes of any Keras model). Everything under
+`keras_sam.src` is private; `keras_sam.demo` (the `keras-sam demo` command
+and its models) is not imported by the library.
 """
 
-from keras_sam import optimizers
+from keras_sam import analysis, optimizers
 from keras_sam.src.methods.schedule import ProportionalRho
 from keras_sam.src.model import SAMModel
 from keras_sam.src.options import PRESETS, Preset, SAMOptions
@@ -22,5 +23,6 @@ __all__ = [
     "SAMModel",
     "SAMOptions",
     "SAMState",
+    "analysis",
     "optimizers",
 ]

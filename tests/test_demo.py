@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -53,6 +54,41 @@ def test_demo_trains_prints_a_table_and_writes_the_plot(
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
+def _tiny_model(kind="vit", seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="tanh"),
+            keras.layers.Dense(10),
+        ]
+    )
+
+
+def test_flatness_measures_adamw_and_sam_and_writes_the_plot(
+    tmp_path, capsys, few_digits, monkeypatch
+):
+    # The command as it runs, on a tiny model (the demo's models compile
+    # for seconds per measure; test_demo_trains... trains one).
+    monkeypatch.setattr(demo, "make_model", _tiny_model)
+    plot = tmp_path / "flatness.png"
+    tiny = "--examples 64 --m 32 --steps 1 --iterations 2 --samples 2"
+    cli.main(
+        ["flatness", "--epochs", "2", *tiny.split(), "--points", "3"]
+        + ["--plot", str(plot)]
+    )
+    out = capsys.readouterr().out
+    assert "AdamW vs sam" in out and "Epoch 2/2" in out
+    table = out[out.index("test accuracy") :].splitlines()
+    rows = {line[:34].strip(): line[34:].split() for line in table[:6]}
+    assert float(rows["top Hessian eigenvalue"][0]) > 0
+    assert 0 <= float(rows["train accuracy (noisy labels)"][1]) <= 1
+    assert rows["m-sharpness (m=32, rho=0.05)"][1] == "±"
+    assert "SAM's model is flatter by:" in out
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -60,6 +96,9 @@ def test_demo_trains_prints_a_table_and_writes_the_plot(
         (["demo", "--epochs", "1"], "--epochs must be >= 2"),
         (["demo", "--noise", "0.95"], "--noise must be in [0, 0.9)"),
         (["demo", "--seeds", "0"], "--seeds must be >= 1"),
+        (["flatness", "--method", "bogus"], "unknown method 'bogus'"),
+        (["flatness", "--m", "100"], "--examples must be a multiple of --m"),
+        (["flatness", "--points", "1"], "--points must be >= 2"),
         (["demo", "--model", "resnet"], "invalid choice: 'resnet'"),
         (["train"], "invalid choice: 'train'"),
         ([], "the following arguments are required: command"),

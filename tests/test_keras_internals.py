@@ -52,13 +52,21 @@ def test_backend_internals_exist():
 
 
 def test_public_api_and_what_import_pulls():
-    """`import keras_sam` gives the public names and `keras_sam.optimizers`,
-    and does not import the demo."""
+    """`import keras_sam` gives the public names, `keras_sam.optimizers` and
+    `keras_sam.analysis`, and does not import the demo; without matplotlib
+    (Keras imports it when it is installed), everything imports and a plot
+    says what is missing."""
     code = (
-        "import sys, keras_sam\n"
-        "keras_sam.optimizers.LAMB\n"
+        "import sys\n"
+        "sys.modules['matplotlib'] = None  # import matplotlib fails\n"
+        "import keras_sam\n"
+        "keras_sam.optimizers.LAMB, keras_sam.analysis.sharpness\n"
         "print(sorted(keras_sam.__all__))\n"
         "print(any(m.startswith('keras_sam.demo') for m in sys.modules))\n"
+        "try:\n"
+        "    keras_sam.analysis.plot_line(None)\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -68,6 +76,10 @@ def test_public_api_and_what_import_pulls():
     ).stdout.split("\n")
     assert out[0] == str(
         ["PRESETS", "Preset", "SAMModel", "SAMOptions", "SAMState"]
-        + ["optimizers"]
+        + ["analysis", "optimizers"]
     )
     assert out[1] == "False"
+    assert out[2] == (
+        "keras_sam.analysis's plots need matplotlib: pip install matplotlib "
+        "(or 'keras-sam[demo]')."
+    )

@@ -145,7 +145,9 @@ def train(
         The final test accuracy (clean labels), the training accuracy on the
         noisy labels and on the clean ones, the history (with
         `val_accuracy` per epoch), the median seconds per step after the
-        first epoch, the persistent state and the parameter count.
+        first epoch, the persistent state, the parameter count and the
+        trained model (`model`: the compiled `keras.Model`, or the
+        `SAMModel`).
     """
     model = make_model(model_kind, seed)
     trainer = model
@@ -179,6 +181,7 @@ def train(
         "state": trainer.perturbation_state_size() if method else 0,
         "parameters": model.count_params(),
         "optimizer": optimizer,
+        "model": trainer,
     }
 
 
