@@ -10,7 +10,8 @@ and on the clean labels, final training loss and the step time relative to
 the base optimizer's (when the base run is among the runs).
 
     python benchmarks/label_noise.py --seeds 3 base sam looksam \\
-        "looksam reuse_scale=stored" "looklayersam@lamb" base@lamb
+        "looksam reuse_scale=gradient" "looklayersam@lamb" base@lamb
+    python benchmarks/label_noise.py --seeds 3 --presets  # every preset
 
 Honours `KERAS_BACKEND` (JAX is the fastest on CPU). `--noise 0` trains on
 clean labels.
@@ -29,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
+from keras_sam import PRESETS  # noqa: E402
 from keras_sam.demo import noisy_digits as demo  # noqa: E402
 
 
@@ -47,14 +49,31 @@ def parse_run(text: str) -> tuple[str | None, str, dict]:
     return (None if method == "base" else method), optimizer or "adamw", options
 
 
+def every_preset() -> list[str]:
+    """Every preset with only its `method`, each after its base optimizer."""
+    runs = ["base"] + [m for m in PRESETS if m not in demo.LAMB_METHODS]
+    runs += ["base@lamb"] + [f"{m}@lamb" for m in demo.LAMB_METHODS]
+    return runs
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="METHOD[@OPTIMIZER] [K=V ...]")
+    parser.add_argument("runs", nargs="*", help="METHOD[@OPTIMIZER] [K=V ...]")
+    parser.add_argument(
+        "--presets",
+        action="store_true",
+        help="every preset with its defaults, against its base optimizer "
+        "(LAMB for those in the demo's LAMB_METHODS, else AdamW)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--model", choices=("vit", "mixer"), default="vit")
     args = parser.parse_args(argv)
+    if args.presets:
+        args.runs += every_preset()
+    if not args.runs:
+        parser.error("give runs, or --presets")
     print(
         f"== label noise {args.noise:.0%}: {args.model}, {args.epochs} epochs, "
         f"seeds 0-{args.seeds - 1}, backend={keras.backend.backend()} "

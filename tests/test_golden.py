@@ -60,24 +60,24 @@ CASES = {
         Config(geometry="adaptive", friendly=True, rho=0.5),
     ),
     "layersam": (
-        dict(method="layersam", rho=0.05),
-        Config(geometry="layer", rho=0.05),
+        dict(method="layersam", rho=0.1),
+        Config(geometry="layer", layer_scale="global", rho=0.1),
     ),
     "layersam_layer": (
         dict(method="layersam", rho=0.02, layer_scale="layer"),
         Config(geometry="layer", layer_scale="layer", rho=0.02),
     ),
-    "layersam_global": (
-        dict(method="layersam", rho=0.1, layer_scale="global"),
-        Config(geometry="layer", layer_scale="global", rho=0.1),
+    "layersam_eq7": (
+        dict(method="layersam", rho=0.05, layer_scale="eq7"),
+        Config(geometry="layer", layer_scale="eq7", rho=0.05),
     ),
     "looksam": (
-        dict(method="looksam", rho=0.1, k=3, alpha=0.5),
-        Config(reuse="look", k=3, alpha=0.5, rho=0.1),
-    ),
-    "looksam_stored": (
-        dict(method="looksam", rho=0.1, k=3, reuse_scale="stored"),
+        dict(method="looksam", rho=0.1, k=3),
         Config(reuse="look", k=3, reuse_scale="stored", rho=0.1),
+    ),
+    "looksam_gradient": (
+        dict(method="looksam", rho=0.1, k=3, alpha=0.5, reuse_scale="gradient"),
+        Config(reuse="look", k=3, alpha=0.5, reuse_scale="gradient", rho=0.1),
     ),
     "looksam_relative": (
         dict(method="looksam", rho=0.1, k=3, reuse_scale="relative"),
@@ -85,23 +85,47 @@ CASES = {
     ),
     "looklayersam": (
         dict(method="looklayersam", rho=0.05, k=3),
-        Config(geometry="layer", reuse="look", k=3, rho=0.05),
+        Config(
+            geometry="layer",
+            layer_scale="global",
+            reuse="look",
+            reuse_scale="stored",
+            k=3,
+            rho=0.05,
+        ),
     ),
-    "looklayersam_global_relative": (
+    "looklayersam_paper": (
         dict(
             method="looklayersam",
-            rho=0.1,
+            rho=0.05,
             k=3,
-            layer_scale="global",
+            layer_scale="eq7",
+            reuse_scale="gradient",
+        ),
+        Config(
+            geometry="layer",
+            reuse="look",
+            k=3,
+            layer_scale="eq7",
+            reuse_scale="gradient",
+            rho=0.05,
+        ),
+    ),
+    "looklayersam_layer_relative": (
+        dict(
+            method="looklayersam",
+            rho=0.02,
+            k=3,
+            layer_scale="layer",
             reuse_scale="relative",
         ),
         Config(
             geometry="layer",
             reuse="look",
             k=3,
-            layer_scale="global",
+            layer_scale="layer",
             reuse_scale="relative",
-            rho=0.1,
+            rho=0.02,
         ),
     ),
     "samk": (
@@ -142,11 +166,19 @@ CASES = {
     # Compositions: points no single paper defines.
     "look_nusam": (
         dict(method="nusam", rho=0.1, reuse="look", k=3),
-        Config(geometry="nuclear", reuse="look", k=3, rho=0.1),
+        Config(
+            geometry="nuclear", reuse="look", reuse_scale="stored", k=3, rho=0.1
+        ),
     ),
     "look_samon": (
         dict(method="looksam", rho=0.1, perturb="norm", k=3),
-        Config(reuse="look", k=3, perturbed=NORM_NAMES, rho=0.1),
+        Config(
+            reuse="look",
+            reuse_scale="stored",
+            k=3,
+            perturbed=NORM_NAMES,
+            rho=0.1,
+        ),
     ),
     "friendly_layerwise_adaptive_on_norm": (
         dict(method="fasam", rho=0.1, adaptive="layerwise", perturb="norm"),
@@ -160,7 +192,14 @@ CASES = {
     ),
     "look_fsam_delayed": (
         dict(method="fsam", rho=0.1, reuse="look", k=2, start_step=2),
-        Config(friendly=True, reuse="look", k=2, start_step=2, rho=0.1),
+        Config(
+            friendly=True,
+            reuse="look",
+            reuse_scale="stored",
+            k=2,
+            start_step=2,
+            rho=0.1,
+        ),
     ),
     "gsam": (
         dict(method="gsam", rho=0.1),
@@ -241,11 +280,15 @@ CASES = {
     ),
     "aelooksam": (
         dict(method="looksam", rho=0.1, policy="adaptive", **AE),
-        Config(reuse="look", policy="adaptive", rho=0.1, **AE),
+        Config(
+            reuse="look", reuse_scale="stored", policy="adaptive", rho=0.1, **AE
+        ),
     ),
     "look_gsam": (
         dict(method="looksam", rho=0.1, k=3, descent="gsam"),
-        Config(reuse="look", k=3, descent="gsam", rho=0.1),
+        Config(
+            reuse="look", reuse_scale="stored", k=3, descent="gsam", rho=0.1
+        ),
     ),
     "ae_wsam_fsam_delayed": (
         dict(

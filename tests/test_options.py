@@ -1,6 +1,7 @@
 """Presets, overrides and the error for every invalid option value."""
 
 import dataclasses
+import pathlib
 import re
 
 import keras
@@ -384,13 +385,13 @@ def test_invalid_new_options(kwargs, error, fragments):
 def test_docstring_preset_table_is_presets():
     rows = re.findall(
         r"^    \| `\"(\w+)\"` \| (\w+) \| (yes|no) \| (\w+) \| (\w+) "
-        r"\| ([\w ]+) \|$",
+        r"\| ([\w ]+) \| ([\d.]+) \|$",
         SAMModel.__doc__,
         re.MULTILINE,
     )
     table = {
-        name: (geometry, friendly == "yes", reuse, descent, perturb)
-        for name, geometry, friendly, reuse, descent, perturb in rows
+        name: (geometry, friendly == "yes", reuse, descent, perturb, float(rho))
+        for name, geometry, friendly, reuse, descent, perturb, rho in rows
     }
     expected = {}
     for name, preset in PRESETS.items():
@@ -403,8 +404,36 @@ def test_docstring_preset_table_is_presets():
             "weight matrices"
             if matrices
             else preset.values.get("perturb", "all"),
+            preset.values["rho"],
         )
     assert table == expected
+
+
+def test_hyperparameters_page_lists_each_presets_defaults():
+    """docs/hyperparameters.md's table of defaults is `PRESETS`: each
+    preset's radius (and the other values it sets) with its source."""
+    page = pathlib.Path(__file__).parents[1] / "docs" / "hyperparameters.md"
+    section = page.read_text().split("## Each preset's defaults")[1]
+    section = section.split("\n## ")[0]
+    rows = re.findall(
+        r"^\| `(\w+)` \| ([\d.]+) \| ([^|]*) \|", section, re.MULTILINE
+    )
+    table = {name: (float(rho), others.strip()) for name, rho, others in rows}
+    expected = {}
+    for name, preset in PRESETS.items():
+        others = ", ".join(
+            f"`{key}={value!r}`"
+            for key, value in preset.values.items()
+            if key not in ("rho", "perturb", "friendly", "reuse", "descent")
+        )
+        expected[name] = (preset.values["rho"], others or "-")
+    assert table == expected
+
+
+def test_each_preset_uses_its_radius_unless_rho_is_given():
+    for name, preset in PRESETS.items():
+        assert SAMModel(_mlp(), method=name).options.rho == preset.values["rho"]
+    assert SAMModel(_mlp(), method="samon", rho=0.07).options.rho == 0.07
 
 
 @pytest.mark.parametrize(

@@ -57,22 +57,22 @@ class SAMModel(BackendSAMTrainer, keras.Model):
     schedule, descent rule); `method` names a preset and the options
     override it:
 
-    | method | geometry | friendly | reuse | descent | perturb |
-    | --- | --- | --- | --- | --- | --- |
-    | `"sam"` | l2 | no | none | sam | all |
-    | `"samon"` | l2 | no | none | sam | norm |
-    | `"asam"` | adaptive | no | none | sam | all |
-    | `"fisher"` | fisher | no | none | sam | all |
-    | `"fsam"` | l2 | yes | none | sam | all |
-    | `"fasam"` | adaptive | yes | none | sam | all |
-    | `"layersam"` | layer | no | none | sam | all |
-    | `"looksam"` | l2 | no | look | sam | all |
-    | `"looklayersam"` | layer | no | look | sam | all |
-    | `"samk"` | l2 | no | every_k | sam | all |
-    | `"nusam"` | nuclear | no | none | sam | weight matrices |
-    | `"nusam_norm"` | nuclear_norm | no | none | sam | weight matrices |
-    | `"gsam"` | l2 | no | none | gsam | all |
-    | `"wsam"` | l2 | no | none | wsam | all |
+    | method | geometry | friendly | reuse | descent | perturb | rho |
+    | --- | --- | --- | --- | --- | --- | --- |
+    | `"sam"` | l2 | no | none | sam | all | 0.05 |
+    | `"samon"` | l2 | no | none | sam | norm | 1.0 |
+    | `"asam"` | adaptive | no | none | sam | all | 0.5 |
+    | `"fisher"` | fisher | no | none | sam | all | 0.1 |
+    | `"fsam"` | l2 | yes | none | sam | all | 0.05 |
+    | `"fasam"` | adaptive | yes | none | sam | all | 0.5 |
+    | `"layersam"` | layer | no | none | sam | all | 0.2 |
+    | `"looksam"` | l2 | no | look | sam | all | 0.05 |
+    | `"looklayersam"` | layer | no | look | sam | all | 0.1 |
+    | `"samk"` | l2 | no | every_k | sam | all | 0.05 |
+    | `"nusam"` | nuclear | no | none | sam | weight matrices | 0.05 |
+    | `"nusam_norm"` | nuclear_norm | no | none | sam | weight matrices | 0.2 |
+    | `"gsam"` | l2 | no | none | gsam | all | 0.05 |
+    | `"wsam"` | l2 | no | none | wsam | all | 0.05 |
 
     AE-SAM's adaptive schedule is an option of any method:
     `policy="adaptive"` (AE-SAM with `reuse=None`, AE-LookSAM with
@@ -88,7 +88,8 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         rho: the perturbation radius: a float >= 0, a
             `keras.optimizers.schedules.LearningRateSchedule`, or a callable
             of the SAM step `t` (0 at `start_step`; passed as a float32
-            scalar tensor). Defaults to `0.05`.
+            scalar tensor). Defaults to the preset's radius (the table
+            above; its sources in docs/hyperparameters.md).
         perturb: which trainable variables are perturbed: `"all"`, `"norm"`
             (those of normalization layers, SAM-ON), `"no_norm"`, or a
             callable `variable -> bool`. Defaults to the preset's mask.
@@ -104,11 +105,12 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         normalize_bias: ASAM: rescale bias-like variables (`bias`, `beta`)
             too. Defaults to `False`.
         layer_scale: LayerSAM's scale of variable `i`'s perturbation:
-            `"eq7"` (`rho * ||w_i|| / ||g||`, the paper's eq. 7, unbounded
-            as the gradient shrinks), `"layer"` (`rho * ||w_i||`: a fraction
-            `rho` of each variable's norm) or `"global"` (`rho * ||w_i|| /
-            ||w||`: a total radius `rho`); layer geometry only. Defaults to
-            `"eq7"`.
+            `"global"` (`rho * ||w_i|| / ||w||`: a total radius `rho`,
+            shared in proportion to the variables' norms), `"layer"`
+            (`rho * ||w_i||`: a fraction `rho` of each variable's norm) or
+            `"eq7"` (`rho * ||w_i|| / ||g||`, the paper's eq. 7, unbounded as
+            the gradient shrinks); layer geometry only. Defaults to
+            `"global"` (measured in docs/methods/layersam.md).
         friendly: F-SAM: ascend along `g - sigma * m`, `m` an EMA of the
             clean gradients. Defaults to the preset's value.
         ema_decay: F-SAM's `lambda`, in [0, 1). Defaults to `0.9`.
@@ -120,11 +122,13 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             to `5`.
         alpha: LookSAM's reuse weight, in [0, 1]. Defaults to `0.7`.
         reuse_scale: how LookSAM's reuse steps scale the stored `g_v` in
-            `g + alpha * c * g_v`: `"gradient"` (`c = ||g|| / ||g_v||`,
-            Alg. 1: a term of norm `alpha * ||g||` whatever `rho`),
-            `"stored"` (`c = 1`: `g_v` as the last ascent measured it) or
+            `g + alpha * c * g_v`: `"stored"` (`c = 1`: `g_v` as the last
+            ascent measured it, a term that scales with `rho`),
             `"relative"` (`c = ||g|| / ||g_a||`, `g_a` the clean gradient of
-            that ascent). Defaults to `"gradient"`.
+            that ascent) or `"gradient"` (`c = ||g|| / ||g_v||`, the
+            paper's Alg. 1: a term of norm `alpha * ||g||` whatever `rho`,
+            which collapses small-batch training; docs/methods/looksam.md).
+            Defaults to `"stored"`.
         policy: when to ascend: `"periodic"` (every step, or every `k`-th
             with `reuse`) or `"adaptive"` (AE-SAM: on the steps whose squared
             clean-gradient norm `||g||^2` is at least `mu + c_t * sigma`, its

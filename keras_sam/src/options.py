@@ -201,9 +201,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "layer_scale",
         _choice("eq7", "layer", "global"),
-        "eq7",
-        "LayerSAM's scale: 'eq7' (rho ||w_i|| / ||g||), 'layer' "
-        "(rho ||w_i||) or 'global' (rho ||w_i|| / ||w||) per variable",
+        "global",
+        "LayerSAM's scale: 'global' (rho ||w_i|| / ||w||), 'layer' "
+        "(rho ||w_i||) or 'eq7' (rho ||w_i|| / ||g||) per variable",
         lambda p: p.geometry == "layer",
         "to the layer geometry (methods layersam, looklayersam)",
     ),
@@ -255,7 +255,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "reuse_scale",
         _choice("gradient", "stored", "relative"),
-        "gradient",
+        "stored",
         "LookSAM's reuse term: 'gradient' (alpha ||g|| / ||g_v|| g_v, Alg. "
         "1), 'stored' (alpha g_v) or 'relative' (alpha ||g|| / ||g_a|| g_v)",
         lambda p: p.reuse == "look",
@@ -342,9 +342,10 @@ class Preset:
 
     Attributes:
         geometry: how the direction becomes the perturbation.
-        values: the options the preset sets (the point's structural options
-            and its paper's hyperparameters); every other option takes its
-            default.
+        values: the options the preset sets (its radius, the point's
+            structural options and its paper's other hyperparameters);
+            every other option takes its default. The sources of each value
+            are in docs/hyperparameters.md.
         paper: the paper that defines the method.
     """
 
@@ -354,24 +355,34 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "sam": Preset("l2", {}, "Foret et al., ICLR 2021"),
-    "samon": Preset("l2", {"perturb": "norm"}, "Mueller et al., NeurIPS 2023"),
-    "asam": Preset("adaptive", {}, "Kwon et al., ICML 2021"),
-    "fisher": Preset("fisher", {}, "Kim et al., ICML 2022"),
-    "fsam": Preset("l2", {"friendly": True}, "Li et al., CVPR 2024"),
-    "fasam": Preset("adaptive", {"friendly": True}, "Li et al., CVPR 2024"),
-    "layersam": Preset("layer", {}, "Liu et al., 2022"),
-    "looksam": Preset("l2", {"reuse": "look"}, "Liu et al., 2022"),
-    "looklayersam": Preset("layer", {"reuse": "look"}, "Liu et al., 2022"),
-    "samk": Preset("l2", {"reuse": "every_k"}, "Liu et al., 2022"),
-    "nusam": Preset("nuclear", {}, "Ahn et al., 2024"),
-    "nusam_norm": Preset("nuclear_norm", {}, "Ahn et al., 2024"),
+    "sam": Preset("l2", {"rho": 0.05}, "Foret et al., ICLR 2021"),
+    "samon": Preset(
+        "l2", {"rho": 1.0, "perturb": "norm"}, "Mueller et al., NeurIPS 2023"
+    ),
+    "asam": Preset("adaptive", {"rho": 0.5}, "Kwon et al., ICML 2021"),
+    "fisher": Preset("fisher", {"rho": 0.1}, "Kim et al., ICML 2022"),
+    "fsam": Preset(
+        "l2", {"rho": 0.05, "friendly": True}, "Li et al., CVPR 2024"
+    ),
+    "fasam": Preset(
+        "adaptive", {"rho": 0.5, "friendly": True}, "Li et al., CVPR 2024"
+    ),
+    "layersam": Preset("layer", {"rho": 0.2}, "Liu et al., 2022"),
+    "looksam": Preset("l2", {"rho": 0.05, "reuse": "look"}, "Liu et al., 2022"),
+    "looklayersam": Preset(
+        "layer", {"rho": 0.1, "reuse": "look"}, "Liu et al., 2022"
+    ),
+    "samk": Preset("l2", {"rho": 0.05, "reuse": "every_k"}, "Liu et al., 2022"),
+    "nusam": Preset("nuclear", {"rho": 0.05}, "Ahn et al., 2024"),
+    "nusam_norm": Preset("nuclear_norm", {"rho": 0.2}, "Ahn et al., 2024"),
     "gsam": Preset(
-        "l2", {"descent": "gsam", "gsam_alpha": 0.6}, "Zhuang et al., ICLR 2022"
+        "l2",
+        {"rho": 0.05, "descent": "gsam", "gsam_alpha": 0.6},
+        "Zhuang et al., ICLR 2022",
     ),
     "wsam": Preset(
         "l2",
-        {"descent": "wsam", "gamma": 0.9, "decoupled": True},
+        {"rho": 0.05, "descent": "wsam", "gamma": 0.9, "decoupled": True},
         "Yue et al., KDD 2023",
     ),
 }
