@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--method", default="looklayersam")
     parser.add_argument("--rho", type=float, default=1.0)
+    # Table 11's Look-LayerSAM: eq. 7's scale and Alg. 1's reuse.
+    parser.add_argument("--layer-scale", default="eq7")
+    parser.add_argument("--reuse-scale", default="gradient")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--alpha", type=float, default=0.7)
     parser.add_argument("--weight-decay", type=float, default=0.1)
@@ -122,6 +125,8 @@ def build(args) -> SAMModel:
         rho=args.rho,
         k=args.k,
         alpha=args.alpha,
+        layer_scale=args.layer_scale,
+        reuse_scale=args.reuse_scale,
         ascent=args.ascent,
     )
     sam.compile(

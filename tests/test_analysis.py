@@ -19,8 +19,6 @@ from keras import ops
 
 from keras_sam import SAMModel, analysis
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 RNG = np.random.default_rng(0)
 ROTATION, _ = np.linalg.qr(RNG.normal(size=(4, 4)))
 A = ROTATION @ np.diag([4.0, 2.0, 1.0, 0.5]) @ ROTATION.T
