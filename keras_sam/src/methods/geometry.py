@@ -154,4 +154,10 @@ def perturbation(
     finite = all_finite(direction)
     if direction is not gradients:  # friendly: fisher and layer read g too
         finite = ops.logical_and(finite, all_finite(gradients))
-    return [ops.where(finite, e, ops.zeros_like(e)) for e in eps]
+    # One tensor at a time, each `eps` dropped once guarded: on an eager
+    # backend the guard then costs one tensor, not a second perturbation.
+    guarded = []
+    for i, e in enumerate(eps):
+        eps[i] = None
+        guarded.append(ops.where(finite, e, 0.0))
+    return guarded
