@@ -215,3 +215,16 @@ def test_a_non_finite_pass_two_is_flagged(bad):
         None,
     )
     assert not bool(ops.convert_to_numpy(branch.finite))
+
+
+@pytest.mark.parametrize("ascent", [True, False])
+def test_global_g_v_sums_the_replicas_shares_after_an_ascent(ascent):
+    options = resolve_options("looksam")
+    replicas = Replicas(2, lambda tensors: [2.0 * t for t in tensors])
+    share, old = _t([np.array([1.0, -2.0])]), _t([np.array([5.0, 6.0])])
+    g_v = step.global_g_v(options, share, old, ascent, replicas)
+    expected = [2.0, -4.0] if ascent else [5.0, 6.0]
+    np.testing.assert_allclose(ops.convert_to_numpy(g_v[0]), expected)
+    # One replica: the branch's g_v as it is.
+    (alone,) = step.global_g_v(options, share, old, ascent, ONE_REPLICA)
+    np.testing.assert_allclose(ops.convert_to_numpy(alone), [1.0, -2.0])

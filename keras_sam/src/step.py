@@ -262,6 +262,19 @@ def reuse(
     return Branch(final, zero, list(state.g_v), list(state.u), clean.finite)
 
 
+def global_g_v(
+    options: SAMOptions, g_v: list, old: list, ascent, replicas: Replicas
+) -> list:
+    """LookSAM's `g_v` to keep: on many replicas, the sum of the replicas'
+    shares after an ascent (the state's otherwise); as it is on one."""
+    if options.reuse != "look" or replicas.count == 1:
+        return list(g_v)
+    return [
+        ops.where(ascent, new, kept)
+        for new, kept in zip(replicas.sum(g_v), old)
+    ]
+
+
 def descend(
     plan: StepPlan,
     options: SAMOptions,

@@ -105,18 +105,11 @@ class SAMTrainer:
         # Replicas synchronise outside the conditional: MirroredStrategy
         # cannot all-reduce inside one.
         ok = ops.logical_and(clean.finite, replicas.all(branch.finite))
-        g_v = branch.g_v
-        if o.reuse == "look" and replicas.count > 1:
-            g_v = [
-                ops.where(ascent, new, old)
-                for new, old in zip(replicas.sum(g_v), state.g_v)
-            ]
+        g_v = step.global_g_v(o, branch.g_v, state.g_v, ascent, replicas)
         branch, decoupled = step.descend(
             plan, o, clean, grads, values, branch, ascent, loss_scale, replicas
         )
-        new = SAMState(
-            state.iterations + 1, ema, list(g_v), branch.u, norm_stats
-        )
+        new = SAMState(state.iterations + 1, ema, g_v, branch.u, norm_stats)
         return Update(
             gradients=step.merge(plan, clean, branch.gradients, differentiated),
             state=step.commit(state, new, ok),
