@@ -145,7 +145,9 @@ def test_decoupled_wsam_gives_the_optimizer_g_and_returns_the_term():
     # A reuse step: no term.
     _, term = _descend(options, ascent=False)
     assert not np.any(_flat(term))
-    coupled, term = _descend(resolve_options("wsam", decoupled=False))
+    coupled, term = _descend(
+        resolve_options("wsam", gamma=0.9, decoupled=False)
+    )
     assert term is None
     np.testing.assert_allclose(
         _flat(coupled.gradients),

@@ -211,7 +211,7 @@ CASES = {
     ),
     "wsam": (
         dict(method="wsam", rho=0.1),
-        Config(descent="wsam", gamma=0.9, decoupled=True, rho=0.1),
+        Config(descent="wsam", gamma=0.95, decoupled=True, rho=0.1),
     ),
     "wsam_coupled": (
         dict(method="wsam", rho=0.1, gamma=0.7, decoupled=False),
@@ -276,7 +276,13 @@ CASES = {
     ),
     "wsam_nusam": (
         dict(method="nusam", rho=0.1, descent="wsam"),
-        Config(geometry="nuclear", descent="wsam", decoupled=True, rho=0.1),
+        Config(
+            geometry="nuclear",
+            descent="wsam",
+            gamma=0.95,
+            decoupled=True,
+            rho=0.1,
+        ),
     ),
     "aelooksam": (
         dict(method="looksam", rho=0.1, policy="adaptive", **AE),
@@ -304,6 +310,7 @@ CASES = {
             friendly=True,
             start_step=2,
             descent="wsam",
+            gamma=0.95,
             policy="adaptive",
             rho=0.1,
             **AE,
@@ -406,7 +413,9 @@ def test_wsam_with_adam_and_a_schedule_matches_reference(decoupled):
     )
 
     def reference(decoupled):
-        config = Config(descent="wsam", decoupled=decoupled, rho=0.1)
+        config = Config(
+            descent="wsam", gamma=0.95, decoupled=decoupled, rho=0.1
+        )
         return Reference(
             config, params, lambda n: 0.01 * 0.5 ** (n / 2), optimizer="adam"
         )

@@ -61,14 +61,14 @@ class SAMModel(BackendSAMTrainer, keras.Model):
     | --- | --- | --- | --- | --- | --- | --- |
     | `"sam"` | l2 | no | none | sam | all | 0.05 |
     | `"samon"` | l2 | no | none | sam | norm | 1.0 |
-    | `"asam"` | adaptive | no | none | sam | all | 0.5 |
+    | `"asam"` | adaptive | no | none | sam | all | 0.2 |
     | `"fisher"` | fisher | no | none | sam | all | 0.1 |
     | `"fsam"` | l2 | yes | none | sam | all | 0.05 |
     | `"fasam"` | adaptive | yes | none | sam | all | 0.5 |
     | `"layersam"` | layer | no | none | sam | all | 0.2 |
     | `"looksam"` | l2 | no | look | sam | all | 0.05 |
     | `"looklayersam"` | layer | no | look | sam | all | 0.1 |
-    | `"samk"` | l2 | no | every_k | sam | all | 0.05 |
+    | `"samk"` | l2 | no | every_k | sam | all | 0.2 |
     | `"nusam"` | nuclear | no | none | sam | weight matrices | 0.05 |
     | `"nusam_norm"` | nuclear_norm | no | none | sam | weight matrices | 0.2 |
     | `"gsam"` | l2 | no | none | gsam | all | 0.05 |
@@ -152,7 +152,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         gsam_alpha: GSAM's `alpha`, a float >= 0 (`0`: SAM). Defaults to
             `0.6`.
         gamma: WSAM's `gamma`, in [0, 1): the sharpness term weighs `gamma
-            / (1 - gamma)` (`0.5`: SAM's update). Defaults to `0.9`.
+            / (1 - gamma)` (`0.5`: SAM's update). Defaults to `0.95`.
         decoupled: WSAM: the base optimizer receives `g` and the sharpness
             term `gamma / (1 - gamma) * (g_s - g)` is subtracted, times the
             optimizer's learning rate, after its step (the paper's Alg. 1);

@@ -311,7 +311,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "gamma",
         _real(0.0, 1.0),
-        0.9,
+        0.95,
         "WSAM's gamma: the sharpness term weighs gamma / (1 - gamma)",
         lambda p: p.descent == "wsam",
         "with descent='wsam' (WSAM)",
@@ -359,7 +359,7 @@ PRESETS: dict[str, Preset] = {
     "samon": Preset(
         "l2", {"rho": 1.0, "perturb": "norm"}, "Mueller et al., NeurIPS 2023"
     ),
-    "asam": Preset("adaptive", {"rho": 0.5}, "Kwon et al., ICML 2021"),
+    "asam": Preset("adaptive", {"rho": 0.2}, "Kwon et al., ICML 2021"),
     "fisher": Preset("fisher", {"rho": 0.1}, "Kim et al., ICML 2022"),
     "fsam": Preset(
         "l2", {"rho": 0.05, "friendly": True}, "Li et al., CVPR 2024"
@@ -372,7 +372,7 @@ PRESETS: dict[str, Preset] = {
     "looklayersam": Preset(
         "layer", {"rho": 0.1, "reuse": "look"}, "Liu et al., 2022"
     ),
-    "samk": Preset("l2", {"rho": 0.05, "reuse": "every_k"}, "Liu et al., 2022"),
+    "samk": Preset("l2", {"rho": 0.2, "reuse": "every_k"}, "Liu et al., 2022"),
     "nusam": Preset("nuclear", {"rho": 0.05}, "Ahn et al., 2024"),
     "nusam_norm": Preset("nuclear_norm", {"rho": 0.2}, "Ahn et al., 2024"),
     "gsam": Preset(
@@ -382,7 +382,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "wsam": Preset(
         "l2",
-        {"rho": 0.05, "descent": "wsam", "gamma": 0.9, "decoupled": True},
+        {"rho": 0.05, "descent": "wsam", "decoupled": True},
         "Yue et al., KDD 2023",
     ),
 }
