@@ -2,8 +2,9 @@
 
 `python distributed_tf.py OUT.npz` (in a fresh process: logical devices must
 be configured before TensorFlow starts) trains every case of `CASES` on one
-device, and on two replicas with `ascent="global"` and `"per_replica"`, all
-under one strategy between two plain models; then the models of `SEQUENCE`,
+device with XLA, and on two replicas with `ascent="global"` and
+`"per_replica"`, all under one strategy between two plain models; then the
+models of `SEQUENCE`,
 each under a new strategy, for both ascents. It saves the flat weights after
 each run and, for the distributed runs, the largest difference between the
 two replicas' copies of any variable (the SAM state included).
@@ -69,7 +70,9 @@ def main(path: str) -> None:
     with strategy.scope():  # several models under one strategy
         out["plain/first"] = train("plain")
     for name in CASES:
-        out[f"{name}/single"] = train(name)
+        # One device, compiled with XLA (what a TPU runs): the reference of
+        # the distributed runs and itself checked against NumPy's.
+        out[f"{name}/single"] = train(name, jit_compile=True)
         for ascent in ("global", "per_replica"):
             with strategy.scope():
                 weights, sam = train(name, ascent=ascent, return_model=True)

@@ -75,8 +75,8 @@ def test_public_api_and_what_import_pulls():
         check=True,
     ).stdout.split("\n")
     assert out[0] == str(
-        ["PRESETS", "Preset", "SAMModel", "SAMOptions", "SAMState"]
-        + ["analysis", "optimizers"]
+        ["PRESETS", "Preset", "ProportionalRho", "SAMModel", "SAMOptions"]
+        + ["SAMState", "analysis", "optimizers"]
     )
     assert out[1] == "False"
     assert out[2] == (
