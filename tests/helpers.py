@@ -7,6 +7,13 @@ import numpy as np
 from reference import NAMES
 
 LR = 0.1
+# TensorFlow traces a SAM step per model (about a second on this machine),
+# longer than a test of a few steps that checks state, dtypes or skipped
+# steps takes eagerly: such tests run eagerly there (the compiled step's
+# numbers are test_golden's; each precision mode is compiled in one test of
+# test_precision.py). JAX dispatches op by op when eager, far slower than
+# its compiled step; torch is eager either way.
+FEW_STEPS_EAGERLY = keras.backend.backend() == "tensorflow"
 
 
 def reference_mlp(params: dict, l2: float = 0.0) -> keras.Model:

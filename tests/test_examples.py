@@ -20,6 +20,14 @@ TINY_VIT = ["--dim", "16", "--depth", "1", "--heads", "2"]
 # Larger than the 1437 training and 360 test digits: one batch of each, so
 # one shape and one XLA compilation (JAX retraces for a last, smaller batch).
 WHOLE_SET = ["--batch-size", "2048"]
+# The examples use only the public API (SAMModel, compile, fit), whose step
+# every backend's own tests check; torch trains their tiny models in under a
+# second each, TensorFlow and JAX in 4-14 s (a trace and a compilation each).
+on_torch = pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="the example does not depend on the backend; torch runs it in "
+    "under a second, TensorFlow and JAX in 4-14 s of the suite's budget",
+)
 
 
 def _check(logs: dict, out: str) -> None:
@@ -45,6 +53,7 @@ def _random_cifar(n: int, seed: int):
 # ---- examples/digits.py ----------------------------------------------------
 
 
+@on_torch
 @pytest.mark.parametrize(
     "model, options",
     [
@@ -66,6 +75,7 @@ def _no_download():
     raise AssertionError("cifar10.load_data() called outside main()")
 
 
+@on_torch
 def test_cifar10_train_takes_arrays(monkeypatch):
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", _no_download)
     x, y = _random_cifar(64, seed=0)
@@ -155,12 +165,7 @@ def test_large_batch_mixup_mixes_labels():
     assert (labels.max(axis=1) < 1.0 - 1e-6).any()
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() == "jax",
-    reason="the example's tf.data pipeline (RandAugment, MixUp) and its LAMB "
-    "recipe do not depend on the backend, and TensorFlow and PyTorch run "
-    "it; on JAX this test costs 35 s of the suite's budget",
-)
+@on_torch
 def test_large_batch(capsys):
     logs = large_batch.main(
         # 360 test digits: 9 validation batches of 40, all the same shape;
@@ -177,6 +182,7 @@ def test_large_batch(capsys):
 # ---- examples/hub_finetune.py ----------------------------------------------
 
 
+@on_torch
 def test_hub_finetune(capsys):
     pytest.importorskip(
         "keras_hub", reason="keras-hub is not installed (the `hub` extra)"

@@ -6,7 +6,7 @@ import contextlib
 import keras
 import numpy as np
 import pytest
-from helpers import toy_classification
+from helpers import FEW_STEPS_EAGERLY, toy_classification
 
 from keras_sam import PRESETS, SAMModel
 
@@ -101,6 +101,7 @@ def test_loss_scale_factor_leaves_the_method_unchanged(method):
         model = _sam(
             method,
             optimizer=keras.optimizers.SGD(0.1, loss_scale_factor=factor),
+            run_eagerly=FEW_STEPS_EAGERLY,
         )
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
         models.append(model)
@@ -118,7 +119,7 @@ def test_loss_scale_factor_leaves_the_method_unchanged(method):
 def test_bfloat16_policies_train_with_float32_state(method, policy):
     x, y = toy_classification(32)
     with _policy(policy):
-        model = _sam(method)
+        model = _sam(method, run_eagerly=FEW_STEPS_EAGERLY)
         history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     loss = history.history["loss"]
     assert np.isfinite(loss).all() and loss[-1] < loss[0]
@@ -140,6 +141,7 @@ def test_overflow_step_changes_nothing(method):
             optimizer=keras.optimizers.LossScaleOptimizer(
                 keras.optimizers.SGD(0.1, momentum=0.9), initial_scale=2.0**100
             ),
+            run_eagerly=FEW_STEPS_EAGERLY,
         )
         weights = _numpy(model.inner.weights)
         state = _state(model)

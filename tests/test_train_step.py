@@ -293,6 +293,28 @@ def test_forward_passes_per_step(options, schedule):
     assert counts == expected
 
 
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="torch runs the step eagerly: nothing to trace"
+)
+def test_the_step_is_traced_once():
+    """`fit` builds the optimizer and the metrics before it traces the step,
+    as Keras' JAX trainer does (Keras' TensorFlow trainer, without a
+    strategy, creates them in the first trace, and a `tf.function` that
+    creates variables is traced twice)."""
+    sam = SAMModel(reference_mlp(init_params()))
+    sam.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    traces = []
+    step = sam.train_step
+    sam.train_step = lambda *args: traces.append(1) or step(*args)
+    x, y = _data(n=32)
+    sam.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert len(traces) == 1
+
+
 def test_sharpness_is_averaged_over_ascent_steps_only():
     """Reuse steps log no sharpness of their own and do not dilute the mean."""
     params = init_params()

@@ -32,6 +32,7 @@ USED = (
 # Backend-specific ones, checked on that backend.
 USED_BY_BACKEND = {
     "jax": (("JAXTrainer", "_update_metrics_variables"),),
+    "tensorflow": (("TensorFlowTrainer", "_maybe_symbolic_build"),),
 }
 
 
@@ -86,6 +87,25 @@ def unscale_loss_for_distribution(value):
     """`value` times the replica count (TensorFlow's per-replica losses are
     divided by it)."""
     return loss_module.unscale_loss_for_distribution(value)
+
+
+def symbolic_build_before_tracing(model, build, iterator, data_batch):
+    """`build(iterator, data_batch)`, the TensorFlow trainer's
+    `_maybe_symbolic_build`, as under a strategy: the model, its compiled
+    loss and metrics and the optimizer are built from a batch's shapes
+    before the step is traced (what the JAX and torch trainers always do).
+
+    Without a strategy Keras defers building to the step's first trace,
+    and a `tf.function` whose first trace creates variables is traced a
+    second time: a SAM step's trace is the longest part of a short fit.
+    """
+    if model._distribute_strategy is not None:
+        return build(iterator, data_batch)
+    model._distribute_strategy = model.distribute_strategy  # the default
+    try:
+        return build(iterator, data_batch)
+    finally:
+        model._distribute_strategy = None
 
 
 def update_metrics_variables(

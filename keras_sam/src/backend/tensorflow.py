@@ -112,6 +112,11 @@ class TensorFlowSAMTrainer(SAMTrainer):
         self._track(update)
         return self._train_logs(x, y, y_pred, sample_weight)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        return keras_internals.symbolic_build_before_tracing(
+            self, super()._maybe_symbolic_build, iterator, data_batch
+        )
+
     def _build_before_pass_one(self, x) -> None:
         if not self.built:
             # Without a strategy Keras' TF trainer defers building to the
