@@ -11,6 +11,9 @@ backend:
     for b in tensorflow jax torch; do
         KERAS_BACKEND=$b python benchmarks/step_time.py
     done
+
+`--batch-splits 1,2,4` times each method with each number of micro-batches
+(m-sharpness, `SAMModel(batch_splits=...)`), against the same base.
 """
 
 from __future__ import annotations
@@ -128,7 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--batch-splits",
+        default="1",
+        help="comma-separated numbers of micro-batches per batch",
+    )
     args = parser.parse_args(argv)
+    splits = [int(m) for m in args.batch_splits.split(",") if m]
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in PRESETS]
     if unknown:
@@ -156,10 +165,11 @@ def main(argv: list[str] | None = None) -> None:
         f"heads, {base.count_params() / 1e6:.2f}M params) batch={batch_size} "
         f"steps/epoch={args.steps} repeats={args.repeats} optimizer=AdamW"
     )
-    header = f"{'method':<14}{'time ratio (median)':>21}{'min':>7}{'max':>7}"
+    header = f"{'method':<18}{'time ratio (median)':>21}{'min':>7}{'max':>7}"
     print(header + (f"{'peak memory ratio':>19}" if memory.enabled else ""))
-    for method in methods:
-        sam = compiled(SAMModel(make_model(), method=method))
+    for method, m in [(method, m) for method in methods for m in splits]:
+        sam = compiled(SAMModel(make_model(), method=method, batch_splits=m))
+        label = method if splits == [1] else f"{method} splits={m}"
         for model in (base, sam):  # compile and warm up
             epoch(model, x, y, batch_size, memory)
         ratios, memories = [], []
@@ -170,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             if memory.enabled:
                 memories.append(m_sam / m_base)
         line = (
-            f"{method:<14}{statistics.median(ratios):>21.2f}"
+            f"{label:<18}{statistics.median(ratios):>21.2f}"
             f"{min(ratios):>7.2f}{max(ratios):>7.2f}"
         )
         if memory.enabled:

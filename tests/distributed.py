@@ -14,6 +14,18 @@ from keras_sam import PRESETS, SAMModel
 CASES = {
     name: GOLDEN[name] for name in (*PRESETS, "look_fsam_delayed", "aelooksam")
 }
+# Micro-batches (m-sharpness): JAX's `ascent="per_replica"` on 4 devices and
+# `batch_splits=4` on one; TensorFlow's 2 replicas, each batch split in 2.
+PER_REPLICA_CASES = (
+    "sam",
+    "samon",
+    "fsam",
+    "looksam",
+    "nusam",
+    "gsam",
+    "wsam",
+    "aelooksam",
+)
 STEPS, BATCH = 6, 16
 # Models trained one after the other in one process, each under a strategy
 # (or distribution) of its own: a plain Keras model is "plain".

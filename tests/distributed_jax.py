@@ -7,8 +7,10 @@ starts), trains every case of `CASES` on one device and under
 then the models of `SEQUENCE`, each under a new one); `sam` and `nusam` also
 under `ModelParallel` on a 2 x 2 mesh, for the MLP with both Dense kernels
 sharded and for an attention model with its EinsumDense kernels sharded by
-heads; and saves the flat weights, and the error that `ascent="per_replica"`
-raises under `DataParallel`.
+heads. The cases of `PER_REPLICA_CASES` also train with `ascent="per_replica"`
+under `DataParallel` and with `batch_splits=4` on one device. It saves the
+flat weights, and the error that `ascent="per_replica"` raises under
+`ModelParallel`.
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ os.environ["KERAS_BACKEND"] = "jax"
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from distributed import CASES, SEQUENCE, train  # noqa: E402
+from distributed import (  # noqa: E402
+    CASES,
+    PER_REPLICA_CASES,
+    SEQUENCE,
+    train,
+)
 from helpers import compile_sgd  # noqa: E402
 
 from keras_sam import SAMModel  # noqa: E402
 
 MODEL_PARALLEL_CASES = ("sam", "nusam")
+
 # Kernels split over the "model" axis of a 2 x 2 mesh. The reference MLP's
 # (6, 8) and (8, 3) kernels; the attention model's kernels by heads.
 MLP_LAYOUTS = {
@@ -80,16 +88,15 @@ def main(path: str) -> None:
     out = {"plain/single": train("plain")}
     for name in CASES:
         out[f"{name}/single"] = train(name)
+    for name in PER_REPLICA_CASES:
+        out[f"{name}/splits"] = train(name, batch_splits=4)
     with keras.distribution.DataParallel(devices=devices).scope():
         out["plain/first"] = train("plain")  # several models, one scope
         for name in CASES:
             out[f"{name}/data_parallel"] = train(name)
+        for name in PER_REPLICA_CASES:
+            out[f"{name}/per_replica"] = train(name, ascent="per_replica")
         out["plain/last"] = train("plain")
-        try:
-            train("sam", ascent="per_replica")
-            out["per_replica_error"] = np.str_("")
-        except NotImplementedError as e:
-            out["per_replica_error"] = np.str_(str(e))
     for i, name in enumerate(SEQUENCE):  # a new distribution per model
         with keras.distribution.DataParallel(devices=devices).scope():
             out[f"sequence/global/{i}"] = train(name)
@@ -108,6 +115,12 @@ def main(path: str) -> None:
                 weights, sam = run(name, return_model=True)
             out[f"{key}/model_parallel"] = weights
             out[f"{key}/model_parallel/kernel_specs"] = kernel_specs(sam)
+    with model_parallel(devices, MLP_LAYOUTS).scope():
+        try:
+            train("sam", ascent="per_replica")
+            out["per_replica_error"] = np.str_("")
+        except NotImplementedError as e:
+            out["per_replica_error"] = np.str_(str(e))
     np.savez(path, **out)
 
 

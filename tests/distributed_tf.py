@@ -3,11 +3,11 @@
 `python distributed_tf.py OUT.npz` (in a fresh process: logical devices must
 be configured before TensorFlow starts) trains every case of `CASES` on one
 device with XLA, and on two replicas with `ascent="global"` and
-`"per_replica"`, all under one strategy between two plain models; then the
-models of `SEQUENCE`,
-each under a new strategy, for both ascents. It saves the flat weights after
-each run and, for the distributed runs, the largest difference between the
-two replicas' copies of any variable (the SAM state included).
+`"per_replica"`, all under one strategy between two plain models (and
+`SPLIT_CASES` with each replica's batch split in two); then the models of
+`SEQUENCE`, each under a new strategy, for both ascents. It saves the flat
+weights after each run and, for the distributed runs, the largest difference
+between the two replicas' copies of any variable (the SAM state included).
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ def skipped_steps() -> np.ndarray:
     return np.array(history.history["sam_skipped"])
 
 
+# Each replica's batch split in 2 (`batch_splits`): m-sharpness, m = 16 / 4.
+SPLIT_CASES = ("sam", "looksam", "nusam", "gsam")
+
+
 def mirrored():
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
@@ -79,6 +83,15 @@ def main(path: str) -> None:
             out[f"{name}/{ascent}"] = weights
             out[f"{name}/{ascent}/spread"] = np.float64(spread(strategy, sam))
     with strategy.scope():
+        for name in SPLIT_CASES:
+            out[f"{name}/per_replica_splits"] = train(
+                name, ascent="per_replica", batch_splits=2
+            )
+        try:
+            train("sam", batch_splits=2)
+            out["global_splits_error"] = np.str_("")
+        except ValueError as e:
+            out["global_splits_error"] = np.str_(str(e))
         out["plain/last"] = train("plain")
         out["sam_skipped"] = skipped_steps()
     for ascent in ("global", "per_replica"):

@@ -50,7 +50,7 @@ def _descend(options, gradients=G_S, ascent=True, loss_scale=None, **kw):
     replicas = kw.get("replicas", ONE_REPLICA)
     grads = kw.get("grads", G)
     clean = step.gather(
-        PLAN, options, _t(grads), _t(VALUES), loss_scale, replicas
+        PLAN, options, [_t(grads)], _t(VALUES), loss_scale, replicas
     )
     return step.descend(
         PLAN,
@@ -109,7 +109,7 @@ def test_wsam_weighs_the_sharpness_gamma_over_one_minus_gamma(gamma, weight):
 def test_descend_is_the_identity_for_sam():
     options = resolve_options("sam")
     branch = _branch(G_S)
-    clean = step.gather(PLAN, options, _t(G), _t(VALUES), None, ONE_REPLICA)
+    clean = step.gather(PLAN, options, [_t(G)], _t(VALUES), None, ONE_REPLICA)
     out, term = step.descend(
         PLAN, options, clean, _t(G), _t(VALUES), branch, True, None, None
     )
@@ -159,8 +159,9 @@ def test_decoupled_wsam_gives_the_optimizer_g_and_returns_the_term():
 def test_gsam_on_two_replicas_decomposes_the_global_gradients():
     """Two replicas holding the same shares: the global g and g_s are twice
     the shares. `ascent="global"` all-reduces g_s for the coefficient (the
-    one-device update's share); `"per_replica"` decomposes the replica's
-    own, which here is the same, without the all-reduce."""
+    one-device update's share); with `"per_replica"` each replica
+    decomposes its own within its ascent (`own_gsam`: here the same update,
+    without an all-reduce), and `descend` keeps it."""
     calls = []
 
     def all_reduce(tensors):
@@ -169,20 +170,30 @@ def test_gsam_on_two_replicas_decomposes_the_global_gradients():
 
     replicas = Replicas(2, all_reduce)
     one, _ = _descend(resolve_options("gsam"))
-    for ascent in ("global", "per_replica"):
-        calls.clear()
-        out, _ = _descend(
-            resolve_options("gsam", ascent=ascent), replicas=replicas
-        )
-        np.testing.assert_allclose(
-            _flat(out.gradients), _flat(one.gradients), rtol=1e-6
-        )
-        # global: the clean total (gather) and g_s (descend).
-        assert calls.count(3) == (2 if ascent == "global" else 0)
+    out, _ = _descend(resolve_options("gsam"), replicas=replicas)
+    np.testing.assert_allclose(
+        _flat(out.gradients), _flat(one.gradients), rtol=1e-6
+    )
+    # The clean total (gather) and g_s (descend).
+    assert calls.count(len(G)) == 2
+
+    options = resolve_options("gsam", ascent="per_replica")
+    calls.clear()
+    kept, term = _descend(options, replicas=replicas)
+    np.testing.assert_array_equal(_flat(kept.gradients), _np_flat(G_S))
+    assert term is None
+    clean = step.gather(PLAN, options, [_t(G)], _t(VALUES), None, replicas)
+    own = step.own_gsam(
+        PLAN, options, clean.groups[0], _t(G_S), _t(VALUES), None
+    )
+    np.testing.assert_allclose(_flat(own), _flat(one.gradients), rtol=1e-6)
+    assert calls.count(len(G)) == 0
 
 
 def _policy(options, grads, statistics, t=0):
-    clean = step.gather(PLAN, options, _t(grads), _t(VALUES), None, ONE_REPLICA)
+    clean = step.gather(
+        PLAN, options, [_t(grads)], _t(VALUES), None, ONE_REPLICA
+    )
     ascent, new = step.ascent_policy(
         options,
         ops.convert_to_tensor(t),

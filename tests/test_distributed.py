@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import BACKEND
-from distributed import CASES, SEQUENCE, reference
+from distributed import CASES, PER_REPLICA_CASES, SEQUENCE, reference
 from processes import HERE, environment, run_python
 
 pytestmark = pytest.mark.slow
@@ -100,6 +100,27 @@ def test_plain_models_under_the_strategy_of_sam_models(mirrored):
         np.testing.assert_allclose(
             mirrored[key], mirrored["plain/single"], atol=1e-6
         )
+
+
+@tf_only
+@pytest.mark.parametrize("case", ["sam", "looksam", "nusam", "gsam"])
+def test_mirrored_per_replica_micro_batches_match_reference(mirrored, case):
+    """Two replicas, each batch split in two (`batch_splits=2`): the
+    per-shard reference with four shards, as JAX's four devices and one
+    device with `batch_splits=4` give it."""
+    np.testing.assert_allclose(
+        mirrored[f"{case}/per_replica_splits"],
+        reference(case, replicas=4),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+@tf_only
+def test_mirrored_global_ascent_with_micro_batches_is_a_clear_error(mirrored):
+    message = str(mirrored["global_splits_error"])
+    assert "batch_splits=2" in message and "2 replicas" in message
+    assert "ascent='per_replica'" in message
 
 
 @tf_only
@@ -200,12 +221,33 @@ def test_model_parallel_with_attention_heads_sharded_equals_one_device(
 
 
 @jax_only
-def test_per_replica_ascent_under_data_parallel_is_a_clear_error(
+@pytest.mark.parametrize("case", PER_REPLICA_CASES)
+def test_data_parallel_per_replica_ascent_equals_micro_batches(
+    distributed_jax, case
+):
+    """`ascent="per_replica"` on 4 devices, each device's shard a replica
+    computed where it lives, equals `batch_splits=4` on one device, and
+    both the per-shard reference (m-sharpness, m = 16 / 4)."""
+    np.testing.assert_allclose(
+        distributed_jax[f"{case}/per_replica"],
+        distributed_jax[f"{case}/splits"],
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        distributed_jax[f"{case}/splits"],
+        reference(case, replicas=4),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+@jax_only
+def test_per_replica_ascent_under_model_parallel_is_a_clear_error(
     distributed_jax,
 ):
     message = str(distributed_jax["per_replica_error"])
-    assert message.startswith("ascent='per_replica' is not supported")
-    assert "split over 4 devices" in message
+    assert message.startswith("ascent='per_replica' on the JAX backend")
+    assert "received ModelParallel" in message
     assert "Use ascent='global'" in message
 
 

@@ -48,7 +48,7 @@ def _flat(arrays):
 
 def _gather(options, grads=GRADS, loss_scale=None, replicas=ONE_REPLICA):
     return step.gather(
-        PLAN, options, _t(grads), _t(VALUES), loss_scale, replicas
+        PLAN, options, [_t(grads)], _t(VALUES), loss_scale, replicas
     )
 
 
@@ -63,7 +63,7 @@ def test_gather_unscales_and_fills_zeros():
     # SAM reads the global gradient of the perturbed variables only.
     assert clean.total is None
     np.testing.assert_allclose(_flat(_np(clean.perturbed)), _flat(share[:2]))
-    assert clean.ascent is clean.perturbed
+    assert clean.ascents == [clean.perturbed] and not clean.own
     assert bool(ops.convert_to_numpy(clean.finite))
 
 
@@ -82,11 +82,26 @@ def test_gather_per_replica():
     options = resolve_options("sam", ascent="per_replica")
     clean = _gather(options, replicas=replicas)
     assert clean.perturbed is None  # nothing reads the global one
-    np.testing.assert_allclose(_np(clean.ascent)[0], 2.0 * GRADS[0])
+    np.testing.assert_allclose(_np(clean.ascents[0])[0], 2.0 * GRADS[0])
     friendly = _gather(
         resolve_options("fsam", ascent="per_replica"), replicas=replicas
     )
     np.testing.assert_allclose(_np(friendly.perturbed)[0], 2.0 * GRADS[0])
+
+
+def test_gather_micro_batches():
+    """Two micro-batches: the share is their mean, each ascent its own
+    gradient; GSAM keeps each one's share for its own decomposition."""
+    half = [None if g is None else 0.5 * g for g in GRADS]
+    groups = [_t(GRADS), _t(half)]
+    options = resolve_options("gsam", batch_splits=2)
+    clean = step.gather(PLAN, options, groups, _t(VALUES), None, ONE_REPLICA)
+    np.testing.assert_allclose(_np(clean.share)[0], 0.75 * GRADS[0])
+    assert clean.own and len(clean.ascents) == 2
+    np.testing.assert_allclose(_np(clean.ascents[0])[0], GRADS[0])
+    np.testing.assert_allclose(_np(clean.ascents[1])[0], 0.5 * GRADS[0])
+    np.testing.assert_allclose(_np(clean.groups[1][0]), 0.5 * GRADS[0])
+    assert clean.total is None  # GSAM decomposes each micro-batch's own
 
 
 def test_friendly_ema_and_direction():
@@ -96,7 +111,7 @@ def test_friendly_ema_and_direction():
     ema = step.friendly_ema(options, old, clean, ops.convert_to_tensor(True))
     expected = [0.5 * np.ones(2) + 0.5 * GRADS[0], 0.5 * np.ones(3)]
     np.testing.assert_allclose(_flat(_np(ema)), _flat(expected))
-    d = step.direction(options, clean.ascent, ema)
+    d = step.direction(options, clean.ascents[0], ema)
     np.testing.assert_allclose(
         _flat(_np(d)), _flat([GRADS[0], np.zeros(3)]) - 0.8 * _flat(expected)
     )
@@ -110,7 +125,7 @@ def test_perturb_is_the_geometry_on_the_perturbed_variables():
     options = resolve_options("sam", rho=0.5)
     clean = _gather(options)
     perturbation, u = step.perturb(
-        PLAN, options, clean.ascent, clean.ascent, _t(VALUES), [], 0.5
+        PLAN, options, clean.ascents[0], clean.ascents[0], _t(VALUES), [], 0.5
     )
     assert isinstance(perturbation, Dense) and u == []
     shifted = _np(perturbation.values(_t(VALUES)))

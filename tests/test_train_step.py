@@ -63,6 +63,36 @@ def test_batchnorm_statistics_and_seeds_advance_once(method):
         np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("method", ["sam", "looksam"])
+def test_micro_batches_advance_batchnorm_statistics_and_seeds_once(method):
+    """With `batch_splits=2` each micro-batch's pass 1 starts from the
+    state before the step, and the step applies their updates once:
+    BatchNorm's moving statistics take the mean of the two plain steps on
+    the halves, the seeds advance as in one plain step."""
+    plain, sam, inner = _twins(method, batch_splits=2)
+    x, y = _data()
+    halves = []
+    for half in (slice(0, 16), slice(16, 32)):
+        model = _bn_dropout_model()
+        model.set_weights(plain.get_weights())
+        compile_sgd(model)
+        model.train_on_batch(x[half], y[half])
+        halves.append(_non_trainable(model))
+    sam.train_on_batch(x, y)
+    for actual, *expected in zip(_non_trainable(inner), *halves):
+        if np.issubdtype(actual.dtype, np.floating):
+            expected = [np.mean(expected, axis=0)]
+        np.testing.assert_allclose(actual, expected[0], rtol=1e-6, atol=1e-7)
+
+
+def test_micro_batches_need_a_divisible_batch():
+    sam = SAMModel(reference_mlp(init_params()), batch_splits=4)
+    compile_sgd(sam)
+    x, y = _data(n=30)
+    with pytest.raises(ValueError, match="batch_splits=4 .* has 30 examples"):
+        sam.train_on_batch(x, y)
+
+
 def test_rho_zero_step_is_the_plain_step():
     """With rho = 0, pass 2 runs at w with the same dropout mask and batch
     statistics, so the SAM step is Keras' own step and sharpness is 0."""

@@ -161,6 +161,12 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         ascent: `"global"` (the ascent uses the global-batch gradient) or
             `"per_replica"` (each replica perturbs with its own gradient).
             Identical on one device. Defaults to `"global"`.
+        batch_splits: m-sharpness, an int >= 1: the batch (each replica's,
+            with `ascent="per_replica"`) splits into this many equal
+            micro-batches; each takes its own clean gradient, its own ascent
+            and its own pass 2, and the base optimizer receives the mean of
+            their SAM gradients (docs/semantics.md, "Micro-batches"). The
+            batch size must be divisible by it. Defaults to `1`.
         **kwargs: passed to `keras.Model` (`name`, ...).
 
     Example:
@@ -218,6 +224,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         gamma: float = UNSET,
         decoupled: bool = UNSET,
         ascent: str = UNSET,
+        batch_splits: int = UNSET,
         **kwargs: Any,
     ):
         _check_model(model)

@@ -331,6 +331,13 @@ OPTIONS: tuple[Option, ...] = (
         "global",
         "the gradient of the ascent on many devices: 'global' or 'per_replica'",
     ),
+    Option(
+        "batch_splits",
+        _int(1),
+        1,
+        "m-sharpness: the micro-batches of a batch (of each replica's with "
+        "ascent='per_replica'), each ascending along its own gradient",
+    ),
 )
 OPTION_NAMES: tuple[str, ...] = tuple(o.name for o in OPTIONS)
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -424,6 +431,7 @@ class SAMOptions:
     gamma: float | None
     decoupled: bool | None
     ascent: str
+    batch_splits: int
 
     def given(self) -> dict[str, Any]:
         """Every option that applies, as keywords: what `get_config` saves,

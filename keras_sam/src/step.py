@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
+from keras_sam.src import micro_batches
 from keras_sam.src.methods import descent, friendly, nuclear, schedule
 from keras_sam.src.methods.geometry import perturbation
 from keras_sam.src.methods.tensors import all_finite, global_dot, to_float32
@@ -46,8 +47,13 @@ class Clean(NamedTuple):
         perturbed: the global gradient over the perturbed variables, when
             anything reads it (the global ascent, F-SAM's EMA, nuSAM's
             `u`), else `None`.
-        ascent: what the ascent follows over the perturbed variables: the
-            global gradient, or (`ascent="per_replica"`) this replica's own.
+        ascents: what each micro-batch's ascent follows over the perturbed
+            variables: one, the global gradient; or each micro-batch's
+            (`batch_splits`) or replica's (`ascent="per_replica"`) own.
+        own: whether the ascents follow their micro-batches' own gradients.
+        groups: each micro-batch's share over the SAM gradient's variables,
+            when its descent rule reads it (GSAM decomposes each own
+            gradient), else `None`.
         finite: whether the clean gradient is finite on every replica.
         present: for each trainable variable, whether pass 1 gave it a
             gradient.
@@ -58,7 +64,9 @@ class Clean(NamedTuple):
     share: list
     total: list | None
     perturbed: list | None
-    ascent: list
+    ascents: list[list]
+    own: bool
+    groups: list[list] | None
     finite: Any
     present: tuple[bool, ...]
     others: dict
@@ -105,40 +113,51 @@ def unscaled(tensors: list, loss_scale) -> list:
 def gather(
     plan: StepPlan,
     options: SAMOptions,
-    grads: list,
+    groups: list[list],
     values: list,
     loss_scale,
     replicas: Replicas,
 ) -> Clean:
-    """Pass 1's gradients (aligned with the trainable variables, scaled
-    shares, `None` where not differentiated) as the method reads them,
-    all-reduced where the step needs global values."""
+    """Pass 1's gradients of each micro-batch (one list per micro-batch,
+    aligned with the trainable variables, scaled shares, `None` where not
+    differentiated) as the method reads them, all-reduced where the step
+    needs global values."""
     gi, pi = plan.gradient_indices, plan.perturbed_indices
     position = {i: j for j, i in enumerate(gi)}
+    grads = micro_batches.mean_gradients(groups)
     share = unscaled(or_zeros(grads, values, gi), loss_scale)
-    share_p = [share[position[i]] for i in pi]
-    per_replica = options.ascent == "per_replica" and replicas.count > 1
+    own = len(groups) > 1 or (
+        options.ascent == "per_replica" and replicas.count > 1
+    )
     total = perturbed = None
-    if _reads_total(options, per_replica):
+    if _reads_total(options, own):
         total = replicas.sum(share)
         perturbed = [total[position[i]] for i in pi]
-    elif not per_replica or options.friendly or plan.matrices:
-        perturbed = replicas.sum(share_p)
-    ascent = replicas.own(share_p) if per_replica else perturbed
+    elif not own or options.friendly or plan.matrices:
+        perturbed = replicas.sum([share[position[i]] for i in pi])
+    shares = [share]
+    if len(groups) > 1:
+        shares = [unscaled(or_zeros(g, values, gi), loss_scale) for g in groups]
+    ascents = [perturbed]
+    if own:
+        ascents = [replicas.own([s[position[i]] for i in pi]) for s in shares]
+    kept = shares if own and options.descent == "gsam" else None
     finite = replicas.all(all_finite(share))
     present = tuple(g is not None for g in grads)
     others = {i: g for i, g in enumerate(grads) if i not in position}
-    return Clean(share, total, perturbed, ascent, finite, present, others)
+    return Clean(
+        share, total, perturbed, ascents, own, kept, finite, present, others
+    )
 
 
-def _reads_total(options: SAMOptions, per_replica: bool) -> bool:
+def _reads_total(options: SAMOptions, own: bool) -> bool:
     """Whether the step reads the global gradient over every variable of the
     SAM gradient: LookSAM's projection, AE-SAM's norm, GSAM's global
     decomposition."""
     return (
         options.reuse == "look"
         or options.policy == "adaptive"
-        or (options.descent == "gsam" and not per_replica)
+        or (options.descent == "gsam" and not own)
     )
 
 
@@ -254,10 +273,7 @@ def reuse(
         reused = schedule.look_reuse(
             clean.total, state.g_v, alpha, options.reuse_scale
         )
-        if loss_scale is not None:
-            reused = [r * loss_scale for r in reused]
-        reused = replicas.share(reused)
-        final = [ops.cast(r, f.dtype) for r, f in zip(reused, final)]
+        final = rescaled(replicas.share(reused), loss_scale, final)
     zero = ops.zeros((), "float32")
     return Branch(final, zero, list(state.g_v), list(state.u), clean.finite)
 
@@ -293,20 +309,21 @@ def descend(
     Runs after the traced conditional, so that GSAM's global decomposition
     can all-reduce `g_s` (MirroredStrategy cannot inside one). `"sam"`:
     `g_s`. `"gsam"`: `g_s - alpha g_perp`, with `g_perp` from the global
-    `g` and `g_s` (`ascent="global"`, the one-device trajectory) or from
-    this replica's own (`"per_replica"`, each replica decomposes its own,
-    as the GSAM code does). `"wsam"`: the coupled `g + w (g_s - g)`, or,
-    decoupled, `g` for the optimizer and the term `w (g_s - g)` (global,
-    float32, zero unless the step ascended), `w = gamma / (1 - gamma)`,
-    which the backend subtracts times the learning rate after the
+    `g` and `g_s` (a global ascent: the one-device trajectory); when each
+    micro-batch or replica ascends along its own gradient, each decomposes
+    its own, as the GSAM code does per device (`own_gsam`, within the
+    ascent), and the update is kept. `"wsam"`: the coupled `g + w (g_s -
+    g)`, or, decoupled, `g` for the optimizer and the term `w (g_s - g)`
+    (global, float32, zero unless the step ascended), `w = gamma / (1 -
+    gamma)`, which the backend subtracts times the learning rate after the
     optimizer's step.
     """
-    if options.descent == "sam":
+    if options.descent == "sam" or clean.groups is not None:
         return branch, None
     g, g_s = clean.share, unscaled(branch.gradients, loss_scale)
     term = None
     if options.descent == "gsam":
-        c = _gsam_coefficient(options, clean, g_s, replicas)
+        c = descent.gsam_coefficient(clean.total, replicas.sum(g_s))
         update = descent.gsam(g, g_s, c, options.gsam_alpha)
     elif options.decoupled:
         update = None
@@ -317,11 +334,7 @@ def descend(
     if update is None:
         gradients = or_zeros(grads, values, plan.gradient_indices)
     else:
-        if loss_scale is not None:
-            update = [u * loss_scale for u in update]
-        gradients = [
-            ops.cast(u, b.dtype) for u, b in zip(update, branch.gradients)
-        ]
+        gradients = rescaled(update, loss_scale, branch.gradients)
     if not plan.ascends_every_step:
         gradients = [
             ops.where(ascent, n, b) for n, b in zip(gradients, branch.gradients)
@@ -329,15 +342,32 @@ def descend(
     return branch._replace(gradients=gradients), term
 
 
-def _gsam_coefficient(
-    options: SAMOptions, clean: Clean, sam_share: list, replicas: Replicas
-):
-    """GSAM's `<g, g_s> / ||g_s||^2`, from the global `g` and `g_s` (one
-    all-reduce of `g_s` on many replicas), or with `ascent="per_replica"`
-    from this replica's own (scale-invariant: its shares do)."""
-    if replicas.count > 1 and options.ascent != "per_replica":
-        return descent.gsam_coefficient(clean.total, replicas.sum(sam_share))
-    return descent.gsam_coefficient(clean.share, sam_share)
+def own_gsam(
+    plan: StepPlan,
+    options: SAMOptions,
+    share: list,
+    grads_2: list,
+    values: list,
+    loss_scale,
+) -> list:
+    """GSAM's update of one micro-batch or replica from its own clean
+    gradient (`share`, unscaled float32) and pass 2's gradients (scaled,
+    aligned with the trainable variables): scaled, in their dtypes, over the
+    SAM gradient's variables. The coefficient is scale-invariant, and the
+    update linear once it is fixed, so shares give shares."""
+    g_s = or_zeros(grads_2, values, plan.gradient_indices)
+    unscaled_g_s = unscaled(g_s, loss_scale)
+    c = descent.gsam_coefficient(share, unscaled_g_s)
+    update = descent.gsam(share, unscaled_g_s, c, options.gsam_alpha)
+    return rescaled(update, loss_scale, g_s)
+
+
+def rescaled(tensors: list, loss_scale, like: list) -> list:
+    """Unscaled float32 `tensors` scaled back (under loss scaling) and cast
+    to the dtypes of `like`."""
+    if loss_scale is not None:
+        tensors = [t * loss_scale for t in tensors]
+    return [ops.cast(t, x.dtype) for t, x in zip(tensors, like)]
 
 
 def commit(old: SAMState, new: SAMState, ok) -> SAMState:

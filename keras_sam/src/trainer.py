@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from keras_sam.src import keras_internals, step
+from keras_sam.src import keras_internals, micro_batches, step
 from keras_sam.src.methods import schedule
 from keras_sam.src.replicas import ONE_REPLICA, Replicas
 from keras_sam.src.state import SAMState
@@ -46,6 +46,27 @@ class Update(NamedTuple):
     decoupled: list | None = None
 
 
+def _accumulate(sums, terms):
+    """`sums` plus `terms`, element by element, over lists of tensors
+    (`None` entries stay `None`); `terms` when `sums` is `None`."""
+    if sums is None:
+        return terms
+    return tuple(
+        None
+        if total is None
+        else [None if a is None else a + b for a, b in zip(total, term)]
+        for total, term in zip(sums, terms)
+    )
+
+
+def _mean(sums, count: int):
+    """`sums` (a list of tensors, `None` entries allowed, or `None`) over
+    `count`."""
+    if sums is None or count == 1:
+        return sums
+    return [None if t is None else t / count for t in sums]
+
+
 class SAMTrainer:
     """The backend-neutral half of `SAMModel`'s train step.
 
@@ -63,32 +84,35 @@ class SAMTrainer:
 
     def _sam_update(
         self,
-        grads: list,
+        groups: list[list],
         values: list,
         state: SAMState,
         loss,
-        inputs: Any,
+        inputs: list,
         loss_scale=None,
         replicas: Replicas = ONE_REPLICA,
     ) -> Update:
-        """The SAM step between pass 1 (`grads`, `loss`, at `values`) and
-        the base optimizer."""
+        """The SAM step between pass 1 and the base optimizer: `groups` are
+        pass 1's gradients of each micro-batch (one: the batch), `loss`
+        their mean loss at `values`, `inputs` what each micro-batch's pass 2
+        needs."""
         plan, o = self._plan, self._options
-        clean = step.gather(plan, o, grads, values, loss_scale, replicas)
+        clean = step.gather(plan, o, groups, values, loss_scale, replicas)
+        grads = micro_batches.mean_gradients(groups)
+        del groups  # eager backends: each micro-batch's is in `clean` now
         t = state.iterations - o.start_step
         active = ops.greater_equal(t, 0)
         ema = step.friendly_ema(o, state.ema, clean, active)
-        direction = step.direction(o, clean.ascent, ema)
         ascent, norm_stats = step.ascent_policy(
             o, t, clean, state.norm_stats, active
         )
-        args = (clean, direction, ema, values, state, loss, grads, inputs)
+        args = (clean, ema, values, state, loss, grads, inputs)
         if plan.ascends_every_step:
-            branch, differentiated = self._ascend(*args, loss_scale, replicas)
+            branch, differentiated = self._ascend(*args, loss_scale)
         else:
             branch = ops.cond(
                 ascent,
-                lambda: self._ascend(*args, loss_scale, replicas)[0],
+                lambda: self._ascend(*args, loss_scale)[0],
                 lambda: step.reuse(
                     plan,
                     o,
@@ -122,43 +146,55 @@ class SAMTrainer:
     def _ascend(
         self,
         clean: step.Clean,
-        direction: list,
         ema: list,
         values: list,
         state: SAMState,
         loss,
         grads: list,
-        inputs: Any,
+        inputs: list,
         loss_scale,
-        replicas: Replicas,
     ) -> tuple[step.Branch, dict]:
-        """The ascent branch: perturb, pass 2, read its gradient. Also
-        returns which variables pass 2 differentiated."""
+        """The ascent branch: for each micro-batch, perturb along its
+        ascent and run its pass 2; then read the mean of their gradients.
+        Also returns which variables pass 2 differentiated."""
         plan, o = self._plan, self._options
         t = state.iterations - o.start_step
         rho = schedule.rho_at(o.rho, ops.maximum(t, 0))
-        perturbation, u = step.perturb(
-            plan, o, direction, clean.ascent, values, state.u, rho
-        )
-        if plan.matrices and clean.ascent is not clean.perturbed:
-            # Per replica: the state's u follows the global gradient.
-            global_direction = step.direction(o, clean.perturbed, ema)
-            _, u = step.perturb(
+        global_u = None
+        if plan.matrices and clean.own:
+            # The state's u follows the global gradient.
+            _, global_u = step.perturb(
                 plan,
                 o,
-                global_direction,
+                step.direction(o, clean.perturbed, ema),
                 clean.perturbed,
                 values,
                 state.u,
                 rho,
             )
-        run_values, scope = perturbation.values(values), perturbation.scope()
-        del perturbation  # eager backends: no reference to eps in pass 2
-        self._release_clean_gradient(clean, direction, grads)
-        loss_2, grads_2 = self._pass_two(run_values, scope, inputs)
+        sums = None
+        for j, (ascent, group) in enumerate(zip(clean.ascents, inputs)):
+            direction = step.direction(o, ascent, ema)
+            perturbation, u = step.perturb(
+                plan, o, direction, ascent, values, state.u, rho
+            )
+            run_values = perturbation.values(values)
+            scope = perturbation.scope()
+            del perturbation  # eager backends: no reference to eps in pass 2
+            if len(inputs) == 1:
+                self._release_clean_gradient(clean, direction, grads)
+            loss_2, grads_2 = self._pass_two(run_values, scope, group)
+            own = None
+            if clean.groups is not None:
+                own = step.own_gsam(
+                    plan, o, clean.groups[j], grads_2, values, loss_scale
+                )
+            sums = _accumulate(sums, (grads_2, own, [loss_2]))
         differentiated = {
             i: grads_2[i] is not None for i in plan.gradient_indices
         }
+        grads_2, own, (loss_2,) = (_mean(s, len(inputs)) for s in sums)
+        u = u if global_u is None else global_u
         branch = step.after_ascent(
             plan,
             o,
@@ -170,7 +206,14 @@ class SAMTrainer:
             u,
             loss_scale,
         )
+        if own is not None:
+            branch = branch._replace(gradients=own)
         return branch, differentiated
+
+    def _micro_batches(self, data) -> list:
+        """`data` as `batch_splits` micro-batches (itself when 1)."""
+        count = self._options.batch_splits
+        return [data] if count == 1 else micro_batches.split(data, count)
 
     def _release_clean_gradient(self, *lists) -> None:
         """Where an eager backend frees pass 1's gradient before pass 2
@@ -235,6 +278,16 @@ class SAMTrainer:
         includes the regularization losses at `values`, and drops every
         update to non-trainable and metric variables.
         """
+        return self._stateless_loss(
+            values, non_trainable_values, metrics_values, x, y, weights
+        )[0]
+
+    def _stateless_loss(
+        self, values, non_trainable_values, metrics_values, x, y, weights
+    ) -> tuple:
+        """The loss at `values` on a batch, run functionally from the given
+        non-trainable and metric values: `(loss, y_pred, non-trainable
+        values, metric values)`, the last two as the pass left them."""
         kwargs = {}
         if keras_internals.call_has_training_arg(self):
             kwargs["training"] = True
@@ -242,13 +295,35 @@ class SAMTrainer:
         # wrapped model would open a root TF scope, which rejects names
         # starting with "_".
         with keras.name_scope(self.name):
-            y_pred, _, losses = self.stateless_call(
+            y_pred, non_trainable, losses = self.stateless_call(
                 values, non_trainable_values, x, return_losses=True, **kwargs
             )
         mapping = list(zip(self.metrics_variables, metrics_values))
         with keras_internals.losses_override(self, losses):
-            with keras.StatelessScope(state_mapping=mapping):
-                return keras_internals.compute_loss(self, x, y, y_pred, weights)
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                loss = keras_internals.compute_loss(self, x, y, y_pred, weights)
+        metrics = [scope.get_current_value(v) for v in self.metrics_variables]
+        return loss, y_pred, non_trainable, metrics
+
+    def _apply_micro_batch_effects(self, inputs: list, passes: list) -> None:
+        """Each micro-batch's pass 1 ran from the variables as they were
+        (`inputs[j]`'s values) and left `passes[j] = (non-trainable values,
+        metric values)`: the variables take the joined update once
+        (`micro_batches.merged_values`), SAM's own state aside (TensorFlow,
+        torch)."""
+        own = {id(v) for v in self._state.flat()}
+        pairs = (
+            (self.non_trainable_variables, 0, "mean"),
+            (self.metrics_variables, 1, "sum"),
+        )
+        for variables, k, reduce in pairs:
+            before = [i.non_trainable if k == 0 else i.metrics for i in inputs]
+            after = micro_batches.merged_values(
+                before[0], [p[k] for p in passes], reduce
+            )
+            for variable, new in zip(variables, after):
+                if id(variable) not in own:
+                    variable.assign(new)
 
     def _loss_scale(self):
         """The factor by which `optimizer.scale_loss` multiplies the loss

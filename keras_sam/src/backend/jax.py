@@ -11,7 +11,8 @@ from typing import NamedTuple
 import jax
 import keras
 
-from keras_sam.src import keras_internals
+from keras_sam.src import keras_internals, micro_batches
+from keras_sam.src.replicas import ONE_REPLICA, Replicas
 from keras_sam.src.trainer import SAMTrainer
 
 
@@ -22,75 +23,214 @@ class _PassInputs(NamedTuple):
     x: object
     y: object
     sample_weight: object
+    share: float = 1.0  # what each replica's loss counts for (1 / replicas)
 
 
-def _check_ascent(model) -> None:
-    """`ascent="per_replica"` needs per-replica gradients, which JAX's data
-    parallelism never computes: raises when the batch is split."""
+class _Gradients(NamedTuple):
+    """What the step computes before the base optimizer (over the batch, or
+    over each device's shard with `ascent="per_replica"`)."""
+
+    loss: object
+    y_pred: object
+    non_trainable: list
+    metrics: list
+    update: object
+
+
+def _batch_axis(model):
+    """The mesh and the batch axis of `ascent="per_replica"` under a
+    `keras.distribution` that splits the batch, else `None`.
+
+    Raises:
+        NotImplementedError: under a distribution other than
+            `DataParallel` (its sharded variables would be gathered whole
+            on each device).
+    """
     distribution = keras.distribution.distribution()
     if model.options.ascent != "per_replica" or distribution is None:
-        return
+        return None
     mesh = distribution.device_mesh
     axis = distribution.batch_dim_name or mesh.axis_names[0]
-    shards = mesh.shape[list(mesh.axis_names).index(axis)]
-    if shards > 1:
+    if mesh.shape[list(mesh.axis_names).index(axis)] == 1:
+        return None
+    if not isinstance(distribution, keras.distribution.DataParallel):
         raise NotImplementedError(
-            "ascent='per_replica' is not supported on the JAX backend under "
-            f"keras.distribution (the batch is split over {shards} devices): "
-            "JAX runs the step as one program over the global batch and "
-            "never computes a device's own gradient, which would cost a "
-            "third pass per step. Use ascent='global' (the default; the "
-            "single-device trajectory), or the TensorFlow backend with a "
-            "tf.distribute strategy for m-sharpness. Received "
-            "ascent='per_replica'."
+            "ascent='per_replica' on the JAX backend runs each device's "
+            "shard of the batch as a replica of its own, with every "
+            "variable whole on every device: it supports keras.distribution."
+            f"DataParallel, and received {type(distribution).__name__}, "
+            "which shards variables. Use ascent='global' (the single-device "
+            "trajectory) with it."
         )
+    return mesh.backend_mesh, axis
+
+
+def _all_replicas(before: list, after: list, axis: str, reduce: str) -> list:
+    """Values each replica's passes changed from `before` to `after`, joined
+    over the replicas as `micro_batches.merged_values` joins micro-batches:
+    float changes averaged (`"mean"`) or summed (`"sum"`), the others as
+    they are (alike on every replica)."""
+    collective = jax.lax.pmean if reduce == "mean" else jax.lax.psum
+    return [
+        old + collective(new - old, axis)
+        if keras.backend.is_float_dtype(
+            keras.backend.standardize_dtype(old.dtype)
+        )
+        else new
+        for old, new in zip(before, after)
+    ]
 
 
 class JaxSAMTrainer(SAMTrainer):
     def train_step(self, state, data):
-        _check_ascent(self)
         self._check_plan()
         trainable, non_trainable, optimizer_values, metrics_values = state
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        inputs = _PassInputs(
-            non_trainable, metrics_values, optimizer_values, x, y, sample_weight
-        )
-        loss, grads, y_pred, new_non_trainable, metrics_values = self._pass_one(
-            trainable, inputs
-        )
         with self._stateless(optimizer_values, self.optimizer.variables):
             loss_scale = self._loss_scale()
             learning_rate = self._learning_rate()
-        sam_state = self._state.from_values(
-            self.non_trainable_variables, non_trainable
-        )
-        update = self._sam_update(
-            grads, trainable, sam_state, loss, inputs, loss_scale
-        )
+        args = (trainable, non_trainable, optimizer_values, metrics_values)
+        batch_axis = _batch_axis(self)
+        if batch_axis is None:
+            out = self._gradients(*args, data, loss_scale)
+        else:
+            out = self._per_replica(*args, data, loss_scale, *batch_axis)
+        update = out.update
         new_non_trainable = self._state.into_values(
-            self.non_trainable_variables, new_non_trainable, update.state
+            self.non_trainable_variables, out.non_trainable, update.state
         )
         trainable, optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, update.gradients, trainable
         )
         trainable = self._decoupled(trainable, update, learning_rate)
-        with self._stateless(metrics_values, self.metrics_variables) as scope:
+        with self._stateless(out.metrics, self.metrics_variables) as scope:
             self._track(update)
         metrics_values = [
             scope.get_current_value(v) for v in self.metrics_variables
         ]
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with self._logging_sharpness():
             logs, metrics_values = keras_internals.update_metrics_variables(
-                self, metrics_values, loss, x, y, y_pred, sample_weight
+                self, metrics_values, out.loss, x, y, out.y_pred, sample_weight
             )
         state = (trainable, new_non_trainable, optimizer_values, metrics_values)
         return logs, state
+
+    def _gradients(
+        self,
+        trainable,
+        non_trainable,
+        optimizer_values,
+        metrics_values,
+        data,
+        loss_scale,
+        replicas: Replicas = ONE_REPLICA,
+    ) -> _Gradients:
+        """Passes 1 and 2 of each micro-batch and the SAM update."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        inputs = [
+            _PassInputs(
+                non_trainable,
+                metrics_values,
+                optimizer_values,
+                *micro_batch,
+                share=1.0 / replicas.count,
+            )
+            for micro_batch in self._micro_batches((x, y, sample_weight))
+        ]
+        loss, groups, y_pred, new_non_trainable, metrics_values = (
+            self._pass_one(trainable, inputs)
+        )
+        sam_state = self._state.from_values(
+            self.non_trainable_variables, non_trainable
+        )
+        update = self._sam_update(
+            groups, trainable, sam_state, loss, inputs, loss_scale, replicas
+        )
+        return _Gradients(
+            loss, y_pred, new_non_trainable, metrics_values, update
+        )
+
+    def _per_replica(
+        self,
+        trainable,
+        non_trainable,
+        optimizer_values,
+        metrics_values,
+        data,
+        loss_scale,
+        mesh,
+        axis: str,
+    ) -> _Gradients:
+        """`_gradients` with each device's shard of the batch as a replica
+        (`ascent="per_replica"`), computed where the shard lives
+        (`shard_map`): its own micro-batches, ascents and passes. The
+        replicas all-reduce what the step reads globally and the base
+        optimizer's gradient; BatchNorm's statistics take the replicas'
+        mean, metrics count every replica's examples."""
+        replicas = Replicas(
+            mesh.shape[axis], lambda ts: [jax.lax.psum(t, axis) for t in ts]
+        )
+
+        def run(trainable, non_trainable, optimizer_values, metrics, data):
+            out = self._gradients(
+                trainable,
+                non_trainable,
+                optimizer_values,
+                metrics,
+                data,
+                loss_scale,
+                replicas,
+            )
+            update = out.update._replace(
+                gradients=[
+                    None if g is None else jax.lax.psum(g, axis)
+                    for g in out.update.gradients
+                ],
+                sharpness=jax.lax.pmean(out.update.sharpness, axis),
+            )
+            return _Gradients(
+                jax.lax.pmean(out.loss, axis),
+                out.y_pred,
+                _all_replicas(non_trainable, out.non_trainable, axis, "mean"),
+                _all_replicas(metrics, out.metrics, axis, "sum"),
+                update,
+            )
+
+        whole = jax.sharding.PartitionSpec()
+        split = jax.sharding.PartitionSpec(axis)
+        return jax.shard_map(
+            run,
+            mesh=mesh,
+            in_specs=(whole, whole, whole, whole, split),
+            out_specs=_Gradients(whole, split, whole, whole, whole),
+            check_vma=False,
+        )(trainable, non_trainable, optimizer_values, metrics_values, data)
 
     @staticmethod
     def _stateless(values, variables):
         return keras.StatelessScope(state_mapping=list(zip(variables, values)))
 
-    def _pass_one(self, trainable, inputs: _PassInputs):
+    def _pass_one(self, trainable, inputs: list):
+        """Pass 1 of each micro-batch, each from the state before the step,
+        joined: the mean loss, each micro-batch's gradients, the predictions
+        and the non-trainable and metric values after all of them
+        (`micro_batches`)."""
+        passes = [self._micro_batch_pass_one(trainable, i) for i in inputs]
+        losses, groups, predictions, non_trainables, metrics = zip(*passes)
+        if len(passes) == 1:
+            return losses[0], list(groups), predictions[0], *passes[0][3:]
+        first = inputs[0]
+        return (
+            sum(losses[1:], losses[0]) / len(losses),
+            list(groups),
+            micro_batches.concatenate(predictions),
+            micro_batches.merged_values(
+                first.non_trainable, non_trainables, "mean"
+            ),
+            micro_batches.merged_values(first.metrics, metrics, "sum"),
+        )
+
+    def _micro_batch_pass_one(self, trainable, inputs: _PassInputs):
         """As `keras.src.backend.jax.trainer` does it, differentiated with
         respect to the variables whose clean gradient the step reads."""
         clean = self._plan.clean_indices
@@ -99,7 +239,7 @@ class JaxSAMTrainer(SAMTrainer):
             values = list(trainable)
             for i, value in zip(clean, clean_values):
                 values[i] = value
-            return self.compute_loss_and_updates(
+            scaled, aux = self.compute_loss_and_updates(
                 values,
                 inputs.non_trainable,
                 inputs.metrics,
@@ -109,6 +249,7 @@ class JaxSAMTrainer(SAMTrainer):
                 training=True,
                 optimizer_variables=inputs.optimizer,
             )
+            return scaled * inputs.share, aux
 
         (_, aux), clean_grads = jax.value_and_grad(
             loss_and_updates, has_aux=True
@@ -130,7 +271,7 @@ class JaxSAMTrainer(SAMTrainer):
                 inputs.sample_weight,
             )
             with self._stateless(inputs.optimizer, self.optimizer.variables):
-                return self.optimizer.scale_loss(loss), loss
+                return self.optimizer.scale_loss(loss) * inputs.share, loss
 
         with scope:
             (_, loss), grads = jax.value_and_grad(scaled_loss, has_aux=True)(

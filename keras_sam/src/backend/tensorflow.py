@@ -10,7 +10,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from keras_sam.src import keras_internals
+from keras_sam.src import keras_internals, micro_batches
 from keras_sam.src.replicas import ONE_REPLICA, Replicas
 from keras_sam.src.trainer import SAMTrainer
 
@@ -33,6 +33,20 @@ def _dense(gradient):
     if isinstance(gradient, tf.IndexedSlices):
         return tf.convert_to_tensor(gradient)
     return gradient
+
+
+def _check_micro_batches(options, count: int) -> None:
+    """Raises a `ValueError` for micro-batches (`batch_splits`) with a global
+    ascent on several replicas, which cannot give one device's trajectory."""
+    if count > 1 and options.batch_splits > 1 and options.ascent == "global":
+        raise ValueError(
+            f"batch_splits={options.batch_splits} gives each micro-batch an "
+            "ascent of its own, and ascent='global' one ascent along the "
+            f"global gradient of the {count} replicas: under tf.distribute "
+            "micro-batches split each replica's batch, so use "
+            f"ascent='per_replica' ({count} x {options.batch_splits} "
+            "micro-batches), or batch_splits=1."
+        )
 
 
 def _replicas() -> Replicas:
@@ -92,13 +106,20 @@ class TensorFlowSAMTrainer(SAMTrainer):
         self._build_before_pass_one(x)
         self._check_plan()
         variables = self.trainable_variables
+        values = [_read(v) for v in variables]
         non_trainable = [_read(v) for v in self.non_trainable_variables]
-        loss, grads, y_pred = self._pass_one(x, y, sample_weight)
-        metrics = [_read(v) for v in self.metrics_variables]
-        inputs = _PassInputs(non_trainable, metrics, x, y, sample_weight)
+        if self._options.batch_splits == 1:
+            loss, grads, y_pred = self._pass_one(x, y, sample_weight)
+            groups = [grads]
+            metrics = [_read(v) for v in self.metrics_variables]
+            inputs = [_PassInputs(non_trainable, metrics, x, y, sample_weight)]
+        else:
+            loss, groups, y_pred, inputs = self._micro_batch_passes_one(
+                values, non_trainable, (x, y, sample_weight)
+            )
         update = self._sam_update(
-            grads,
-            [_read(v) for v in variables],
+            groups,
+            values,
             self._state.read(snapshot=tf.identity),
             loss,
             inputs,
@@ -111,6 +132,12 @@ class TensorFlowSAMTrainer(SAMTrainer):
         self._state.assign(update.state)
         self._track(update)
         return self._train_logs(x, y, y_pred, sample_weight)
+
+    def make_train_function(self, force=False):
+        _check_micro_batches(
+            self._options, self.distribute_strategy.num_replicas_in_sync
+        )
+        return super().make_train_function(force)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         return keras_internals.symbolic_build_before_tracing(
@@ -153,16 +180,44 @@ class TensorFlowSAMTrainer(SAMTrainer):
             grads[i] = _dense(g)
         return loss, grads, y_pred
 
+    def _micro_batch_passes_one(self, values, non_trainable, data):
+        """Pass 1 of each micro-batch (`batch_splits`), each from the state
+        before the step, its side effects applied once: the mean loss, each
+        one's gradients, the predictions and each one's pass-2 inputs."""
+        metrics = [_read(v) for v in self.metrics_variables]
+        inputs = [
+            _PassInputs(non_trainable, metrics, *micro_batch)
+            for micro_batch in self._micro_batches(data)
+        ]
+        clean = self._plan.clean_indices
+        losses, groups, predictions, effects = [], [], [], []
+        for part in inputs:
+            with tf.GradientTape() as tape:
+                tape.watch(values)
+                loss, y_pred, *effect = self._stateless_loss(values, *part)
+                scaled = self.optimizer.scale_loss(loss)
+            grads = [None] * len(values)
+            for i, g in zip(
+                clean, tape.gradient(scaled, [values[i] for i in clean])
+            ):
+                grads[i] = _dense(g)
+            losses.append(loss)
+            groups.append(grads)
+            predictions.append(y_pred)
+            effects.append(effect)
+        self._apply_micro_batch_effects(inputs, effects)
+        loss = tf.add_n(losses) / len(losses)
+        keras_internals.loss_tracker(self).update_state(
+            keras_internals.unscale_loss_for_distribution(loss),
+            sample_weight=tf.shape(
+                next(i for i in tf.nest.flatten(data[0]) if i is not None)
+            )[0],
+        )
+        return loss, groups, micro_batches.concatenate(predictions), inputs
+
     def _pass_two(self, values, scope, inputs: _PassInputs):
         with tf.GradientTape() as tape, scope:
             tape.watch(values)
-            loss = self._perturbed_loss(
-                values,
-                inputs.non_trainable,
-                inputs.metrics,
-                inputs.x,
-                inputs.y,
-                inputs.sample_weight,
-            )
+            loss = self._perturbed_loss(values, *inputs)
             scaled = self.optimizer.scale_loss(loss)
         return loss, [_dense(g) for g in tape.gradient(scaled, values)]

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import keras
 import torch
 
-from keras_sam.src import keras_internals
+from keras_sam.src import keras_internals, micro_batches
 from keras_sam.src.trainer import SAMTrainer
 
 
@@ -85,13 +85,22 @@ class TorchSAMTrainer(SAMTrainer):
             for v in self.non_trainable_variables
         ]
         rng = _rng_snapshot()
-        loss, grads, y_pred = self._pass_one(x, y, sample_weight)
-        metrics = [v.value for v in self.metrics_variables]
-        inputs = _PassInputs(non_trainable, metrics, rng, x, y, sample_weight)
+        values = [v.value.detach() for v in variables]
+        if self._options.batch_splits == 1:
+            loss, grads, y_pred = self._pass_one(x, y, sample_weight)
+            groups = [grads]
+            metrics = [v.value for v in self.metrics_variables]
+            inputs = [
+                _PassInputs(non_trainable, metrics, rng, x, y, sample_weight)
+            ]
+        else:
+            loss, groups, y_pred, inputs = self._micro_batch_passes_one(
+                values, non_trainable, rng, (x, y, sample_weight)
+            )
         with torch.no_grad():
             update = self._sam_update(
-                grads,
-                [v.value.detach() for v in variables],
+                groups,
+                values,
                 self._state.read(),
                 loss.detach(),
                 inputs,
@@ -114,7 +123,7 @@ class TorchSAMTrainer(SAMTrainer):
             clean.share,
             clean.total,
             clean.perturbed,
-            clean.ascent,
+            *clean.ascents,
         ):
             if tensors is not None:
                 tensors.clear()
@@ -147,6 +156,49 @@ class TorchSAMTrainer(SAMTrainer):
             # `zero_grad()`'s anyway), so that it can be freed early.
             grads[i], variables[i].value.grad = variables[i].value.grad, None
         return loss, grads, y_pred
+
+    def _micro_batch_passes_one(self, values, non_trainable, rng, data):
+        """Pass 1 of each micro-batch (`batch_splits`), each from the state
+        before the step (the first draws from the global RNG, the others
+        replay it, as pass 2 does), its side effects applied once: the mean
+        loss, each one's gradients, the predictions and each one's pass-2
+        inputs."""
+        metrics = [v.value for v in self.metrics_variables]
+        inputs = [
+            _PassInputs(non_trainable, metrics, rng, *micro_batch)
+            for micro_batch in self._micro_batches(data)
+        ]
+        clean = self._plan.clean_indices
+        losses, groups, predictions, effects = [], [], [], []
+        for j, part in enumerate(inputs):
+            leaves = [value.detach().requires_grad_(True) for value in values]
+            replay = _replay_rng(rng) if j else contextlib.nullcontext()
+            with torch.enable_grad(), replay:
+                loss, y_pred, *effect = self._stateless_loss(
+                    leaves, *part[:2], *part[3:]
+                )
+            scaled = self.optimizer.scale_loss(loss)
+            grads = [None] * len(values)
+            for i, g in zip(
+                clean,
+                torch.autograd.grad(
+                    scaled, [leaves[i] for i in clean], allow_unused=True
+                ),
+            ):
+                grads[i] = g
+            losses.append(loss.detach())
+            groups.append(grads)
+            predictions.append(y_pred.detach())
+            effects.append(effect)
+        self._apply_micro_batch_effects(inputs, effects)
+        loss = sum(losses[1:], losses[0]) / len(losses)
+        keras_internals.loss_tracker(self).update_state(
+            loss,
+            sample_weight=next(
+                i for i in keras.tree.flatten(data[0]) if i is not None
+            ).shape[0],
+        )
+        return loss, groups, micro_batches.concatenate(predictions), inputs
 
     def _pass_two(self, values, scope, inputs: _PassInputs):
         leaves = [value.detach().requires_grad_(True) for value in values]
