@@ -10,6 +10,8 @@ BACKENDS ?= tensorflow jax torch
 WORKERS ?= 2
 # The CPU build of torch; an unpinned torch pulls CUDA packages.
 TORCH_PIN ?= torch==2.13.0
+# tf-keras of tensorflow-cpu's minor version (tests/test_compat.py).
+TF_KERAS_PIN ?= tf-keras==2.21.0
 
 .PHONY: install test demo flatness lint docs
 
@@ -22,6 +24,11 @@ $(VENV)/.installed: pyproject.toml
 	# not use it). pip warns about the dependencies it did not install.
 	$(PY) -m pip install -q --no-deps 'keras-hub==0.32.0'
 	$(PY) -m pip install -q regex tokenizers
+	# tf-keras for tests/test_compat.py (tf-keras's SAM against ours). It
+	# requires `tensorflow` of its minor version, which would install the
+	# full wheel over tensorflow-cpu: --no-deps, and TF_KERAS_PIN follows
+	# the tensorflow-cpu that `.[all]` installed (2.21).
+	$(PY) -m pip install -q --no-deps '$(TF_KERAS_PIN)'
 	touch $@
 
 install: $(VENV)/.installed

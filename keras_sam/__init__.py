@@ -2,6 +2,7 @@
 
 The public API: `SAMModel`, its presets and resolved options, the state it
 keeps, `ProportionalRho` (a radius that follows the learning rate, GSAM's),
+`SharpnessAwareMinimization` (tf-keras's SAM model, on Keras 3),
 `keras_sam.optimizers`, and `keras_sam.analysis` (sharpness, Hessian
 spectrum and loss landscapes of any Keras model). Everything under
 `keras_sam.src` is private; `keras_sam.demo` (the `keras-sam demo` command
@@ -9,6 +10,7 @@ and its models) is not imported by the library.
 """
 
 from keras_sam import analysis, optimizers
+from keras_sam.src.compat import SharpnessAwareMinimization
 from keras_sam.src.methods.schedule import ProportionalRho
 from keras_sam.src.model import SAMModel
 from keras_sam.src.options import PRESETS, Preset, SAMOptions
@@ -23,6 +25,7 @@ __all__ = [
     "SAMModel",
     "SAMOptions",
     "SAMState",
+    "SharpnessAwareMinimization",
     "analysis",
     "optimizers",
 ]

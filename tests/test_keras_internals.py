@@ -76,7 +76,8 @@ def test_public_api_and_what_import_pulls():
     ).stdout.split("\n")
     assert out[0] == str(
         ["PRESETS", "Preset", "ProportionalRho", "SAMModel", "SAMOptions"]
-        + ["SAMState", "analysis", "optimizers"]
+        + ["SAMState", "SharpnessAwareMinimization", "analysis"]
+        + ["optimizers"]
     )
     assert out[1] == "False"
     assert out[2] == (
