@@ -97,9 +97,6 @@ def test_steps_equal_tf_keras():
 
 
 @tensorflow_only
-@pytest.mark.skip(
-    reason="needs SAMModel(batch_splits=...), landing in the same change"
-)
 def test_split_step_is_tf_keras_mean():
     """With num_batch_splits=2, tf-keras sums the micro-batches' SAM
     gradients and we average them: with plain SGD (no state), our step at
@@ -117,9 +114,6 @@ def test_split_step_is_tf_keras_mean():
 
 
 @tensorflow_only
-@pytest.mark.skip(
-    reason="needs SAMModel(batch_splits=...), landing in the same change"
-)
 def test_split_steps_with_momentum_are_tf_keras_at_lr_over_n():
     """SGD's update is linear in the gradient, momentum included: over many
     steps, ours at `lr` follows tf-keras at `lr / num_batch_splits` (what

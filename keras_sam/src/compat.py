@@ -94,13 +94,13 @@ class SharpnessAwareMinimization(SAMModel):
                 "`num_batch_splits`, `name`). For SAM's other options and "
                 "variants, use `keras_sam.SAMModel`."
             )
-        # One micro-batch is `SAMModel`'s default: the keyword goes only
-        # with a split.
-        splits = {}
-        if num_batch_splits is not None and num_batch_splits > 1:
-            splits["batch_splits"] = int(num_batch_splits)
         super().__init__(
-            model, method="sam", rho=float(rho), name=name, **splits, **kwargs
+            model,
+            method="sam",
+            rho=float(rho),
+            batch_splits=num_batch_splits or 1,
+            name=name,
+            **kwargs,
         )
         self._num_batch_splits = num_batch_splits
 
