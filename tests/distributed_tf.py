@@ -82,6 +82,8 @@ def main(path: str) -> None:
                 weights, sam = train(name, ascent=ascent, return_model=True)
             out[f"{name}/{ascent}"] = weights
             out[f"{name}/{ascent}/spread"] = np.float64(spread(strategy, sam))
+    # Micro-batches on one device with XLA.
+    out["sam/splits_xla"] = train("sam", jit_compile=True, batch_splits=4)
     with strategy.scope():
         for name in SPLIT_CASES:
             out[f"{name}/per_replica_splits"] = train(

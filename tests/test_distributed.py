@@ -117,6 +117,16 @@ def test_mirrored_per_replica_micro_batches_match_reference(mirrored, case):
 
 
 @tf_only
+def test_micro_batches_compile_with_xla(mirrored):
+    np.testing.assert_allclose(
+        mirrored["sam/splits_xla"],
+        reference("sam", replicas=4),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+@tf_only
 def test_mirrored_global_ascent_with_micro_batches_is_a_clear_error(mirrored):
     message = str(mirrored["global_splits_error"])
     assert "batch_splits=2" in message and "2 replicas" in message

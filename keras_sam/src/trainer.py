@@ -305,25 +305,44 @@ class SAMTrainer:
         metrics = [scope.get_current_value(v) for v in self.metrics_variables]
         return loss, y_pred, non_trainable, metrics
 
-    def _apply_micro_batch_effects(self, inputs: list, passes: list) -> None:
-        """Each micro-batch's pass 1 ran from the variables as they were
-        (`inputs[j]`'s values) and left `passes[j] = (non-trainable values,
-        metric values)`: the variables take the joined update once
+    def _micro_batch_passes_one(self, values: list, inputs: list, x) -> tuple:
+        """Pass 1 of each micro-batch (`batch_splits`; TensorFlow, torch),
+        each from the state before the step, with its side effects applied
+        once (`x` is the whole batch's input): the mean loss, each one's
+        gradients and the predictions. The backend's
+        `_micro_batch_pass_one(values, inputs, index)` gives a micro-batch's
+        `(loss, gradients, y_pred, (non-trainable values, metric values))`."""
+        passes = [
+            self._micro_batch_pass_one(values, part, j)
+            for j, part in enumerate(inputs)
+        ]
+        losses, groups, predictions, effects = zip(*passes)
+        first = inputs[0]
+        self._apply_micro_batch_effects(
+            first.non_trainable, first.metrics, effects
+        )
+        loss = sum(losses[1:], losses[0]) / len(losses)
+        self._track_loss(loss, x)
+        return loss, list(groups), micro_batches.concatenate(predictions)
+
+    def _apply_micro_batch_effects(
+        self, non_trainable: list, metrics: list, passes: list
+    ) -> None:
+        """Each micro-batch's pass 1 ran from the `non_trainable` and
+        `metrics` values and left `passes[j] = (non-trainable values, metric
+        values)`: the variables take the joined update once
         (`micro_batches.merged_values`), SAM's own state aside (TensorFlow,
         torch)."""
         own = {id(v) for v in self._state.flat()}
-        pairs = (
-            (self.non_trainable_variables, 0, "mean"),
-            (self.metrics_variables, 1, "sum"),
-        )
-        for variables, k, reduce in pairs:
-            before = [i.non_trainable if k == 0 else i.metrics for i in inputs]
-            after = micro_batches.merged_values(
-                before[0], [p[k] for p in passes], reduce
-            )
-            for variable, new in zip(variables, after):
+        for variables, before, k, reduce in (
+            (self.non_trainable_variables, non_trainable, 0, "mean"),
+            (self.metrics_variables, metrics, 1, "sum"),
+        ):
+            after = [p[k] for p in passes]
+            values = micro_batches.merged_values(before, after, reduce)
+            for variable, value in zip(variables, values):
                 if id(variable) not in own:
-                    variable.assign(new)
+                    variable.assign(value)
 
     def _loss_scale(self):
         """The factor by which `optimizer.scale_loss` multiplies the loss

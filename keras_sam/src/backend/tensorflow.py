@@ -10,7 +10,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from keras_sam.src import keras_internals, micro_batches
+from keras_sam.src import keras_internals
 from keras_sam.src.replicas import ONE_REPLICA, Replicas
 from keras_sam.src.trainer import SAMTrainer
 
@@ -114,8 +114,13 @@ class TensorFlowSAMTrainer(SAMTrainer):
             metrics = [_read(v) for v in self.metrics_variables]
             inputs = [_PassInputs(non_trainable, metrics, x, y, sample_weight)]
         else:
-            loss, groups, y_pred, inputs = self._micro_batch_passes_one(
-                values, non_trainable, (x, y, sample_weight)
+            metrics = [_read(v) for v in self.metrics_variables]
+            inputs = [
+                _PassInputs(non_trainable, metrics, *micro_batch)
+                for micro_batch in self._micro_batches((x, y, sample_weight))
+            ]
+            loss, groups, y_pred = self._micro_batch_passes_one(
+                values, inputs, x
             )
         update = self._sam_update(
             groups,
@@ -164,12 +169,7 @@ class TensorFlowSAMTrainer(SAMTrainer):
             loss = keras_internals.compute_loss(
                 self, x, y, y_pred, sample_weight
             )
-            keras_internals.loss_tracker(self).update_state(
-                keras_internals.unscale_loss_for_distribution(loss),
-                sample_weight=tf.shape(
-                    next(i for i in tf.nest.flatten(x) if i is not None)
-                )[0],
-            )
+            self._track_loss(loss, x)
             scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         clean = self._plan.clean_indices
@@ -180,40 +180,27 @@ class TensorFlowSAMTrainer(SAMTrainer):
             grads[i] = _dense(g)
         return loss, grads, y_pred
 
-    def _micro_batch_passes_one(self, values, non_trainable, data):
-        """Pass 1 of each micro-batch (`batch_splits`), each from the state
-        before the step, its side effects applied once: the mean loss, each
-        one's gradients, the predictions and each one's pass-2 inputs."""
-        metrics = [_read(v) for v in self.metrics_variables]
-        inputs = [
-            _PassInputs(non_trainable, metrics, *micro_batch)
-            for micro_batch in self._micro_batches(data)
-        ]
-        clean = self._plan.clean_indices
-        losses, groups, predictions, effects = [], [], [], []
-        for part in inputs:
-            with tf.GradientTape() as tape:
-                tape.watch(values)
-                loss, y_pred, *effect = self._stateless_loss(values, *part)
-                scaled = self.optimizer.scale_loss(loss)
-            grads = [None] * len(values)
-            for i, g in zip(
-                clean, tape.gradient(scaled, [values[i] for i in clean])
-            ):
-                grads[i] = _dense(g)
-            losses.append(loss)
-            groups.append(grads)
-            predictions.append(y_pred)
-            effects.append(effect)
-        self._apply_micro_batch_effects(inputs, effects)
-        loss = tf.add_n(losses) / len(losses)
+    def _track_loss(self, loss, x) -> None:
+        """The loss tracker's update with a batch's loss, as Keras' does."""
         keras_internals.loss_tracker(self).update_state(
             keras_internals.unscale_loss_for_distribution(loss),
             sample_weight=tf.shape(
-                next(i for i in tf.nest.flatten(data[0]) if i is not None)
+                next(i for i in tf.nest.flatten(x) if i is not None)
             )[0],
         )
-        return loss, groups, micro_batches.concatenate(predictions), inputs
+
+    def _micro_batch_pass_one(self, values, inputs: _PassInputs, index: int):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            loss, y_pred, *effects = self._stateless_loss(values, *inputs)
+            scaled = self.optimizer.scale_loss(loss)
+        clean = self._plan.clean_indices
+        grads = [None] * len(values)
+        for i, g in zip(
+            clean, tape.gradient(scaled, [values[i] for i in clean])
+        ):
+            grads[i] = _dense(g)
+        return loss, grads, y_pred, effects
 
     def _pass_two(self, values, scope, inputs: _PassInputs):
         with tf.GradientTape() as tape, scope:

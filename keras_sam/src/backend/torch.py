@@ -9,7 +9,7 @@ from typing import NamedTuple
 import keras
 import torch
 
-from keras_sam.src import keras_internals, micro_batches
+from keras_sam.src import keras_internals
 from keras_sam.src.trainer import SAMTrainer
 
 
@@ -94,8 +94,13 @@ class TorchSAMTrainer(SAMTrainer):
                 _PassInputs(non_trainable, metrics, rng, x, y, sample_weight)
             ]
         else:
-            loss, groups, y_pred, inputs = self._micro_batch_passes_one(
-                values, non_trainable, rng, (x, y, sample_weight)
+            metrics = [v.value for v in self.metrics_variables]
+            inputs = [
+                _PassInputs(non_trainable, metrics, rng, *micro_batch)
+                for micro_batch in self._micro_batches((x, y, sample_weight))
+            ]
+            loss, groups, y_pred = self._micro_batch_passes_one(
+                values, inputs, x
             )
         with torch.no_grad():
             update = self._sam_update(
@@ -139,12 +144,7 @@ class TorchSAMTrainer(SAMTrainer):
             y_pred = self(x)
         self.zero_grad()
         loss = keras_internals.compute_loss(self, x, y, y_pred, sample_weight)
-        keras_internals.loss_tracker(self).update_state(
-            loss,
-            sample_weight=next(
-                i for i in keras.tree.flatten(x) if i is not None
-            ).shape[0],
-        )
+        self._track_loss(loss, x)
         variables = self.trainable_variables
         clean = self._plan.clean_indices
         self.optimizer.scale_loss(loss).backward(
@@ -157,48 +157,35 @@ class TorchSAMTrainer(SAMTrainer):
             grads[i], variables[i].value.grad = variables[i].value.grad, None
         return loss, grads, y_pred
 
-    def _micro_batch_passes_one(self, values, non_trainable, rng, data):
-        """Pass 1 of each micro-batch (`batch_splits`), each from the state
-        before the step (the first draws from the global RNG, the others
-        replay it, as pass 2 does), its side effects applied once: the mean
-        loss, each one's gradients, the predictions and each one's pass-2
-        inputs."""
-        metrics = [v.value for v in self.metrics_variables]
-        inputs = [
-            _PassInputs(non_trainable, metrics, rng, *micro_batch)
-            for micro_batch in self._micro_batches(data)
-        ]
-        clean = self._plan.clean_indices
-        losses, groups, predictions, effects = [], [], [], []
-        for j, part in enumerate(inputs):
-            leaves = [value.detach().requires_grad_(True) for value in values]
-            replay = _replay_rng(rng) if j else contextlib.nullcontext()
-            with torch.enable_grad(), replay:
-                loss, y_pred, *effect = self._stateless_loss(
-                    leaves, *part[:2], *part[3:]
-                )
-            scaled = self.optimizer.scale_loss(loss)
-            grads = [None] * len(values)
-            for i, g in zip(
-                clean,
-                torch.autograd.grad(
-                    scaled, [leaves[i] for i in clean], allow_unused=True
-                ),
-            ):
-                grads[i] = g
-            losses.append(loss.detach())
-            groups.append(grads)
-            predictions.append(y_pred.detach())
-            effects.append(effect)
-        self._apply_micro_batch_effects(inputs, effects)
-        loss = sum(losses[1:], losses[0]) / len(losses)
+    def _track_loss(self, loss, x) -> None:
+        """The loss tracker's update with a batch's loss, as Keras' does."""
         keras_internals.loss_tracker(self).update_state(
             loss,
             sample_weight=next(
-                i for i in keras.tree.flatten(data[0]) if i is not None
+                i for i in keras.tree.flatten(x) if i is not None
             ).shape[0],
         )
-        return loss, groups, micro_batches.concatenate(predictions), inputs
+
+    def _micro_batch_pass_one(self, values, inputs: _PassInputs, index: int):
+        """The first micro-batch draws from the global RNG; the others
+        replay the state it started from, as pass 2 does."""
+        leaves = [value.detach().requires_grad_(True) for value in values]
+        replay = _replay_rng(inputs.rng) if index else contextlib.nullcontext()
+        with torch.enable_grad(), replay:
+            loss, y_pred, *effects = self._stateless_loss(
+                leaves, *inputs[:2], *inputs[3:]
+            )
+        scaled = self.optimizer.scale_loss(loss)
+        clean = self._plan.clean_indices
+        grads = [None] * len(values)
+        for i, g in zip(
+            clean,
+            torch.autograd.grad(
+                scaled, [leaves[i] for i in clean], allow_unused=True
+            ),
+        ):
+            grads[i] = g
+        return loss.detach(), grads, y_pred.detach(), effects
 
     def _pass_two(self, values, scope, inputs: _PassInputs):
         leaves = [value.detach().requires_grad_(True) for value in values]
