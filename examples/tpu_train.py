@@ -64,6 +64,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--ascent", choices=("global", "per_replica"), default="global"
     )
+    parser.add_argument(
+        "--batch-splits",
+        type=int,
+        default=1,
+        help="micro-batches per replica's batch (m-sharpness)",
+    )
     parser.add_argument("--tpu", default=None, help="TPU name (TensorFlow)")
     parser.add_argument(
         "--multi-host",
@@ -128,6 +134,7 @@ def build(args) -> SAMModel:
         layer_scale=args.layer_scale,
         reuse_scale=args.reuse_scale,
         ascent=args.ascent,
+        batch_splits=args.batch_splits,
     )
     sam.compile(
         optimizer=LAMB(

@@ -26,6 +26,8 @@ PER_REPLICA_CASES = (
     "wsam",
     "aelooksam",
 )
+# TensorFlow's 2 replicas with each batch split in 2 (m = 16 / 4).
+SPLIT_CASES = ("sam", "looksam", "nusam", "gsam")
 STEPS, BATCH = 6, 16
 # Models trained one after the other in one process, each under a strategy
 # (or distribution) of its own: a plain Keras model is "plain".

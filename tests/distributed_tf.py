@@ -27,7 +27,7 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from distributed import CASES, SEQUENCE, train  # noqa: E402
+from distributed import CASES, SEQUENCE, SPLIT_CASES, train  # noqa: E402
 from helpers import reference_mlp, toy_classification  # noqa: E402
 from reference import init_params  # noqa: E402
 
@@ -58,10 +58,6 @@ def skipped_steps() -> np.ndarray:
     )
     history = sam.fit(x, y, batch_size=16, shuffle=False, verbose=0)
     return np.array(history.history["sam_skipped"])
-
-
-# Each replica's batch split in 2 (`batch_splits`): m-sharpness, m = 16 / 4.
-SPLIT_CASES = ("sam", "looksam", "nusam", "gsam")
 
 
 def mirrored():

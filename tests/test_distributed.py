@@ -13,7 +13,13 @@ import sys
 import numpy as np
 import pytest
 from conftest import BACKEND
-from distributed import CASES, PER_REPLICA_CASES, SEQUENCE, reference
+from distributed import (
+    CASES,
+    PER_REPLICA_CASES,
+    SEQUENCE,
+    SPLIT_CASES,
+    reference,
+)
 from processes import HERE, environment, run_python
 
 pytestmark = pytest.mark.slow
@@ -103,7 +109,7 @@ def test_plain_models_under_the_strategy_of_sam_models(mirrored):
 
 
 @tf_only
-@pytest.mark.parametrize("case", ["sam", "looksam", "nusam", "gsam"])
+@pytest.mark.parametrize("case", SPLIT_CASES)
 def test_mirrored_per_replica_micro_batches_match_reference(mirrored, case):
     """Two replicas, each batch split in two (`batch_splits=2`): the
     per-shard reference with four shards, as JAX's four devices and one

@@ -1,8 +1,10 @@
 """The data-parallel replicas a train step runs on, as one of them sees them.
 
-Only TensorFlow's `tf.distribute` runs the step once per replica. JAX under
-`keras.distribution` runs one program on global arrays (its gradients are
-already global) and torch runs on one device, so both see `ONE_REPLICA`.
+TensorFlow's `tf.distribute` runs the step once per replica, and so does JAX
+with `ascent="per_replica"` under `keras.distribution.DataParallel` (each
+device's shard under `shard_map`). Otherwise JAX runs one program on global
+arrays (its gradients are already global) and torch runs on one device, so
+both see `ONE_REPLICA`.
 """
 
 from __future__ import annotations
