@@ -218,7 +218,7 @@ CASES = {
     ),
     "wsam": (
         dict(method="wsam", rho=0.1),
-        Config(descent="wsam", gamma=0.95, decoupled=True, rho=0.1),
+        Config(descent="wsam", gamma=0.97, decoupled=True, rho=0.1),
     ),
     "wsam_coupled": (
         dict(method="wsam", rho=0.1, gamma=0.7, decoupled=False),
@@ -286,7 +286,7 @@ CASES = {
         Config(
             geometry="nuclear",
             descent="wsam",
-            gamma=0.95,
+            gamma=0.97,
             decoupled=True,
             rho=0.1,
         ),
@@ -317,7 +317,7 @@ CASES = {
             friendly=True,
             start_step=2,
             descent="wsam",
-            gamma=0.95,
+            gamma=0.97,
             policy="adaptive",
             rho=0.1,
             **AE,
@@ -460,7 +460,7 @@ def test_wsam_with_adam_and_a_schedule_matches_reference(decoupled):
 
     def reference(decoupled):
         config = Config(
-            descent="wsam", gamma=0.95, decoupled=decoupled, rho=0.1
+            descent="wsam", gamma=0.97, decoupled=decoupled, rho=0.1
         )
         return Reference(
             config, params, lambda n: 0.01 * 0.5 ** (n / 2), optimizer="adam"

@@ -525,7 +525,7 @@ def test_descent_and_policy_defaults():
     gsam = SAMModel(_mlp(), method="gsam").options
     assert (gsam.descent, gsam.gsam_alpha, gsam.gamma) == ("gsam", 0.6, None)
     wsam = SAMModel(_mlp(), method="wsam").options
-    assert (wsam.descent, wsam.gamma, wsam.decoupled) == ("wsam", 0.95, True)
+    assert (wsam.descent, wsam.gamma, wsam.decoupled) == ("wsam", 0.97, True)
     sam = SAMModel(_mlp()).options
     assert (sam.descent, sam.policy, sam.policy_decay) == (
         "sam",

@@ -152,7 +152,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         gsam_alpha: GSAM's `alpha`, a float >= 0 (`0`: SAM). Defaults to
             `0.6`.
         gamma: WSAM's `gamma`, in [0, 1): the sharpness term weighs `gamma
-            / (1 - gamma)` (`0.5`: SAM's update). Defaults to `0.95`.
+            / (1 - gamma)` (`0.5`: SAM's update). Defaults to `0.97`.
         decoupled: WSAM: the base optimizer receives `g` and the sharpness
             term `gamma / (1 - gamma) * (g_s - g)` is subtracted, times the
             optimizer's learning rate, after its step (the paper's Alg. 1);

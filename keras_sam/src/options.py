@@ -311,7 +311,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "gamma",
         _real(0.0, 1.0),
-        0.95,
+        0.97,
         "WSAM's gamma: the sharpness term weighs gamma / (1 - gamma)",
         lambda p: p.descent == "wsam",
         "with descent='wsam' (WSAM)",
