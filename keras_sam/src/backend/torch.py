@@ -86,15 +86,14 @@ class TorchSAMTrainer(SAMTrainer):
         ]
         rng = _rng_snapshot()
         values = [v.value.detach() for v in variables]
+        metrics = [v.value for v in self.metrics_variables]
         if self._options.batch_splits == 1:
             loss, grads, y_pred = self._pass_one(x, y, sample_weight)
             groups = [grads]
-            metrics = [v.value for v in self.metrics_variables]
             inputs = [
                 _PassInputs(non_trainable, metrics, rng, x, y, sample_weight)
             ]
         else:
-            metrics = [v.value for v in self.metrics_variables]
             inputs = [
                 _PassInputs(non_trainable, metrics, rng, *micro_batch)
                 for micro_batch in self._micro_batches((x, y, sample_weight))
@@ -173,7 +172,12 @@ class TorchSAMTrainer(SAMTrainer):
         replay = _replay_rng(inputs.rng) if index else contextlib.nullcontext()
         with torch.enable_grad(), replay:
             loss, y_pred, *effects = self._stateless_loss(
-                leaves, *inputs[:2], *inputs[3:]
+                leaves,
+                inputs.non_trainable,
+                inputs.metrics,
+                inputs.x,
+                inputs.y,
+                inputs.sample_weight,
             )
         scaled = self.optimizer.scale_loss(loss)
         clean = self._plan.clean_indices
