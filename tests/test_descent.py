@@ -50,7 +50,7 @@ def _descend(options, gradients=G_S, ascent=True, loss_scale=None, **kw):
     replicas = kw.get("replicas", ONE_REPLICA)
     grads = kw.get("grads", G)
     clean = step.gather(
-        PLAN, options, [_t(grads)], _t(VALUES), loss_scale, replicas
+        PLAN, options, _t(grads), [_t(grads)], _t(VALUES), loss_scale, replicas
     )
     return step.descend(
         PLAN,
@@ -109,7 +109,9 @@ def test_wsam_weighs_the_sharpness_gamma_over_one_minus_gamma(gamma, weight):
 def test_descend_is_the_identity_for_sam():
     options = resolve_options("sam")
     branch = _branch(G_S)
-    clean = step.gather(PLAN, options, [_t(G)], _t(VALUES), None, ONE_REPLICA)
+    clean = step.gather(
+        PLAN, options, _t(G), [_t(G)], _t(VALUES), None, ONE_REPLICA
+    )
     out, term = step.descend(
         PLAN, options, clean, _t(G), _t(VALUES), branch, True, None, None
     )
@@ -182,7 +184,9 @@ def test_gsam_on_two_replicas_decomposes_the_global_gradients():
     kept, term = _descend(options, replicas=replicas)
     np.testing.assert_array_equal(_flat(kept.gradients), _np_flat(G_S))
     assert term is None
-    clean = step.gather(PLAN, options, [_t(G)], _t(VALUES), None, replicas)
+    clean = step.gather(
+        PLAN, options, _t(G), [_t(G)], _t(VALUES), None, replicas
+    )
     own = step.own_gsam(
         PLAN, options, clean.groups[0], _t(G_S), _t(VALUES), None
     )
@@ -192,7 +196,7 @@ def test_gsam_on_two_replicas_decomposes_the_global_gradients():
 
 def _policy(options, grads, statistics, t=0):
     clean = step.gather(
-        PLAN, options, [_t(grads)], _t(VALUES), None, ONE_REPLICA
+        PLAN, options, _t(grads), [_t(grads)], _t(VALUES), None, ONE_REPLICA
     )
     ascent, new = step.ascent_policy(
         options,

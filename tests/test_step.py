@@ -48,7 +48,7 @@ def _flat(arrays):
 
 def _gather(options, grads=GRADS, loss_scale=None, replicas=ONE_REPLICA):
     return step.gather(
-        PLAN, options, [_t(grads)], _t(VALUES), loss_scale, replicas
+        PLAN, options, _t(grads), [_t(grads)], _t(VALUES), loss_scale, replicas
     )
 
 
@@ -93,9 +93,12 @@ def test_gather_micro_batches():
     """Two micro-batches: the share is their mean, each ascent its own
     gradient; GSAM keeps each one's share for its own decomposition."""
     half = [None if g is None else 0.5 * g for g in GRADS]
+    mean = [None if g is None else 0.75 * g for g in GRADS]
     groups = [_t(GRADS), _t(half)]
     options = resolve_options("gsam", batch_splits=2)
-    clean = step.gather(PLAN, options, groups, _t(VALUES), None, ONE_REPLICA)
+    clean = step.gather(
+        PLAN, options, _t(mean), groups, _t(VALUES), None, ONE_REPLICA
+    )
     np.testing.assert_allclose(_np(clean.share)[0], 0.75 * GRADS[0])
     assert clean.own and len(clean.ascents) == 2
     np.testing.assert_allclose(_np(clean.ascents[0])[0], GRADS[0])

@@ -13,6 +13,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -28,12 +29,13 @@ def split(data: Any, count: int) -> list:
     """
     flat = keras.tree.flatten(data)
     sizes = {t.shape[0] for t in flat if t is not None} - {None}
-    if any(size % count for size in sizes):
+    indivisible = [size for size in sizes if size % count]
+    if indivisible:
         raise ValueError(
             f"batch_splits={count} splits each batch into {count} equal "
-            f"micro-batches, and this batch has {sizes.pop()} examples. Use a "
-            f"batch size divisible by {count} (and, for the last batch of an "
-            "epoch, a dataset whose size is, or `drop_remainder=True`)."
+            f"micro-batches, and this batch has {indivisible[0]} examples. "
+            f"Use a batch size divisible by {count} (and, for the last batch "
+            "of an epoch, a dataset whose size is, or `drop_remainder=True`)."
         )
     pieces = [
         [None] * count if t is None else ops.split(t, count, axis=0)
@@ -52,33 +54,48 @@ def concatenate(parts: list) -> Any:
     )
 
 
+def mean(tensors) -> Any:
+    """The mean of tensors alike (the micro-batches' losses, or one
+    variable's gradients)."""
+    return sum(tensors[1:], tensors[0]) / len(tensors)
+
+
 def mean_gradients(groups: list[list]) -> list:
     """The mean over the micro-batches of each variable's gradient (`None`
     where the passes gave none); the list itself for one micro-batch (so
     that an eager backend can empty it to free its gradients early)."""
     if len(groups) == 1:
         return groups[0]
-    return [
-        None if gs[0] is None else sum(gs[1:], gs[0]) / len(gs)
-        for gs in zip(*groups)
-    ]
+    return [None if gs[0] is None else mean(gs) for gs in zip(*groups)]
 
 
-def merged_values(old: list, new: list[list], reduce: str) -> list:
-    """Variables' values after each micro-batch's pass, each pass from
-    `old`, as one update: `old` plus the mean (`reduce="mean"`: BatchNorm's
-    moving statistics advance once, by the micro-batches' mean) or the sum
-    (`"sum"`: a metric counts every micro-batch) of the changes of float
-    values; non-float ones (seed generators' states, counters) as the first
-    micro-batch left them. A value no pass changed stays bit for bit."""
+def merged_values(old: list, new: list[list], join: Callable) -> list:
+    """Variables' values after several passes (`new`, one list per pass),
+    each pass from `old`, as one update: `old` plus `join` of the changes of
+    a float value (a list, one change per pass: `mean` advances BatchNorm's
+    moving statistics once, `sum` counts every pass in a metric); a
+    non-float value (a seed generator's state, a counter) as the first pass
+    left it."""
     out = []
     for before, *after in zip(old, *new):
         dtype = keras.backend.standardize_dtype(before.dtype)
-        if not keras.backend.is_float_dtype(dtype):
+        if keras.backend.is_float_dtype(dtype):
+            out.append(before + join([a - before for a in after]))
+        else:
             out.append(after[0])
-            continue
-        change = sum((a - before for a in after[1:]), after[0] - before)
-        if reduce == "mean":
-            change = change / len(after)
-        out.append(before + change)
     return out
+
+
+def join(non_trainable: list, metrics: list, passes: list) -> tuple:
+    """What pass 1 over the whole batch gives, from each micro-batch's
+    `(loss, y_pred, non-trainable values, metric values)`, each run from
+    `non_trainable` and `metrics`: the mean loss, the predictions in batch
+    order, the non-trainable values advanced once by the mean change, and
+    the metric values with every micro-batch counted."""
+    losses, predictions, non_trainables, metric_values = zip(*passes)
+    return (
+        mean(losses),
+        concatenate(predictions),
+        merged_values(non_trainable, non_trainables, mean),
+        merged_values(metrics, metric_values, sum),
+    )

@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from keras_sam.src import micro_batches
 from keras_sam.src.methods import descent, friendly, nuclear, schedule
 from keras_sam.src.methods.geometry import perturbation
 from keras_sam.src.methods.tensors import all_finite, global_dot, to_float32
@@ -113,18 +112,18 @@ def unscaled(tensors: list, loss_scale) -> list:
 def gather(
     plan: StepPlan,
     options: SAMOptions,
+    grads: list,
     groups: list[list],
     values: list,
     loss_scale,
     replicas: Replicas,
 ) -> Clean:
-    """Pass 1's gradients of each micro-batch (one list per micro-batch,
-    aligned with the trainable variables, scaled shares, `None` where not
-    differentiated) as the method reads them, all-reduced where the step
-    needs global values."""
+    """Pass 1's gradients as the method reads them, all-reduced where the
+    step needs global values: `grads` is their mean over the micro-batches
+    and `groups` each micro-batch's (`[grads]` for one), aligned with the
+    trainable variables, scaled shares, `None` where not differentiated."""
     gi, pi = plan.gradient_indices, plan.perturbed_indices
     position = {i: j for j, i in enumerate(gi)}
-    grads = micro_batches.mean_gradients(groups)
     share = unscaled(or_zeros(grads, values, gi), loss_scale)
     own = len(groups) > 1 or (
         options.ascent == "per_replica" and replicas.count > 1

@@ -97,8 +97,10 @@ class SAMTrainer:
         their mean loss at `values`, `inputs` what each micro-batch's pass 2
         needs."""
         plan, o = self._plan, self._options
-        clean = step.gather(plan, o, groups, values, loss_scale, replicas)
         grads = micro_batches.mean_gradients(groups)
+        clean = step.gather(
+            plan, o, grads, groups, values, loss_scale, replicas
+        )
         del groups  # eager backends: each micro-batch's is in `clean` now
         t = state.iterations - o.start_step
         active = ops.greater_equal(t, 0)
@@ -316,30 +318,24 @@ class SAMTrainer:
             self._micro_batch_pass_one(values, part, j)
             for j, part in enumerate(inputs)
         ]
-        losses, groups, predictions, effects = zip(*passes)
-        first = inputs[0]
-        self._apply_micro_batch_effects(
-            first.non_trainable, first.metrics, effects
+        loss, y_pred, non_trainable, metrics = micro_batches.join(
+            inputs[0].non_trainable,
+            inputs[0].metrics,
+            [(loss_j, y_j, *effects) for loss_j, _, y_j, effects in passes],
         )
-        loss = sum(losses[1:], losses[0]) / len(losses)
+        self._assign_once(non_trainable, metrics)
         self._track_loss(loss, x)
-        return loss, list(groups), micro_batches.concatenate(predictions)
+        return loss, [grads for _, grads, *_ in passes], y_pred
 
-    def _apply_micro_batch_effects(
-        self, non_trainable: list, metrics: list, passes: list
-    ) -> None:
-        """Each micro-batch's pass 1 ran from the `non_trainable` and
-        `metrics` values and left `passes[j] = (non-trainable values, metric
-        values)`: the variables take the joined update once
-        (`micro_batches.merged_values`), SAM's own state aside (TensorFlow,
-        torch)."""
+    def _assign_once(self, non_trainable: list, metrics: list) -> None:
+        """The non-trainable and metric variables take the values that the
+        micro-batches' passes 1 give together (`micro_batches.join`), SAM's
+        own state aside (TensorFlow, torch)."""
         own = {id(v) for v in self._state.flat()}
-        for variables, before, k, reduce in (
-            (self.non_trainable_variables, non_trainable, 0, "mean"),
-            (self.metrics_variables, metrics, 1, "sum"),
+        for variables, values in (
+            (self.non_trainable_variables, non_trainable),
+            (self.metrics_variables, metrics),
         ):
-            after = [p[k] for p in passes]
-            values = micro_batches.merged_values(before, after, reduce)
             for variable, value in zip(variables, values):
                 if id(variable) not in own:
                     variable.assign(value)

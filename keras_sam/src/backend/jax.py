@@ -65,20 +65,14 @@ def _batch_axis(model):
     return mesh.backend_mesh, axis
 
 
-def _all_replicas(before: list, after: list, axis: str, reduce: str) -> list:
+def _all_replicas(before: list, after: list, axis: str, reduce) -> list:
     """Values each replica's passes changed from `before` to `after`, joined
-    over the replicas as `micro_batches.merged_values` joins micro-batches:
-    float changes averaged (`"mean"`) or summed (`"sum"`), the others as
-    they are (alike on every replica)."""
-    collective = jax.lax.pmean if reduce == "mean" else jax.lax.psum
-    return [
-        old + collective(new - old, axis)
-        if keras.backend.is_float_dtype(
-            keras.backend.standardize_dtype(old.dtype)
-        )
-        else new
-        for old, new in zip(before, after)
-    ]
+    over the replicas as micro-batches are (`micro_batches.merged_values`):
+    float changes reduced by the collective `reduce` (`jax.lax.pmean` or
+    `jax.lax.psum`), the others as they are (alike on every replica)."""
+    return micro_batches.merged_values(
+        before, [after], lambda changes: reduce(changes[0], axis)
+    )
 
 
 class JaxSAMTrainer(SAMTrainer):
@@ -191,8 +185,10 @@ class JaxSAMTrainer(SAMTrainer):
             return _Gradients(
                 jax.lax.pmean(out.loss, axis),
                 out.y_pred,
-                _all_replicas(non_trainable, out.non_trainable, axis, "mean"),
-                _all_replicas(metrics, out.metrics, axis, "sum"),
+                _all_replicas(
+                    non_trainable, out.non_trainable, axis, jax.lax.pmean
+                ),
+                _all_replicas(metrics, out.metrics, axis, jax.lax.psum),
                 update,
             )
 
@@ -216,19 +212,16 @@ class JaxSAMTrainer(SAMTrainer):
         and the non-trainable and metric values after all of them
         (`micro_batches`)."""
         passes = [self._micro_batch_pass_one(trainable, i) for i in inputs]
-        losses, groups, predictions, non_trainables, metrics = zip(*passes)
+        groups = [grads for _, grads, *_ in passes]
         if len(passes) == 1:
-            return losses[0], list(groups), predictions[0], *passes[0][3:]
-        first = inputs[0]
-        return (
-            sum(losses[1:], losses[0]) / len(losses),
-            list(groups),
-            micro_batches.concatenate(predictions),
-            micro_batches.merged_values(
-                first.non_trainable, non_trainables, "mean"
-            ),
-            micro_batches.merged_values(first.metrics, metrics, "sum"),
+            loss, _, y_pred, non_trainable, metrics = passes[0]
+            return loss, groups, y_pred, non_trainable, metrics
+        loss, y_pred, non_trainable, metrics = micro_batches.join(
+            inputs[0].non_trainable,
+            inputs[0].metrics,
+            [(loss_j, y_j, *effects) for loss_j, _, y_j, *effects in passes],
         )
+        return loss, groups, y_pred, non_trainable, metrics
 
     def _micro_batch_pass_one(self, trainable, inputs: _PassInputs):
         """As `keras.src.backend.jax.trainer` does it, differentiated with
