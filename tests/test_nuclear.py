@@ -10,6 +10,7 @@ from keras import ops
 from reference import Config, Reference
 
 from keras_sam import SAMModel
+from keras_sam.src.analysis import autodiff
 from keras_sam.src.methods import nuclear
 from keras_sam.src.methods.matrices import MatrixView, weight_matrices
 
@@ -155,6 +156,48 @@ def test_factorised_forward_equals_the_layer_at_w_plus_eps(name, dtype):
         atol=tolerance,
     )
     assert matrix.factorised
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_factorised_gradients_equal_the_gradients_at_w_plus_eps(name):
+    """The gradients of the factorised forward with respect to the input
+    and `W` are those of the layer at `W + s u v^T` (on torch, the
+    flattened layers run a fused autograd function of their own)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=INPUTS[name]).astype("float32")
+    layer = LAYERS[name]()
+    layer(x)
+    (matrix,) = weight_matrices(layer).values()
+    u = rng.normal(size=matrix.view.rows).astype("float32")
+    v = rng.normal(size=matrix.view.cols).astype("float32")
+    weights = ops.convert_to_tensor(
+        rng.normal(size=layer(x).shape).astype("float32")
+    )
+    call = matrix.perturbed_call(
+        ops.convert_to_tensor(u), ops.convert_to_tensor(v), 0.3
+    )
+    eps = matrix.view.from_matrix(0.3 * np.outer(u, v))
+
+    def loss(forward):
+        def loss_fn(values, context):
+            inputs, kernel = values
+            with keras.StatelessScope(state_mapping=[(layer.kernel, kernel)]):
+                return ops.sum(forward(inputs) * weights)
+
+        return autodiff.compile_loss(loss_fn).value_and_gradient
+
+    kernel = ops.convert_to_numpy(layer.kernel)
+    inputs = ops.convert_to_tensor(x)
+    _, factorised = loss(call)([inputs, ops.convert_to_tensor(kernel)], None)
+    perturbed = ops.convert_to_tensor(kernel + ops.convert_to_numpy(eps))
+    _, expected = loss(layer.call)([inputs, perturbed], None)
+    for got, want in zip(factorised, expected):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(got),
+            ops.convert_to_numpy(want),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_layers_that_cannot_run_factorised_are_perturbed_as_values():

@@ -19,6 +19,9 @@ from keras import ops
 
 from keras_sam.src import keras_internals
 
+# `Dense.call`'s matrix product, as an einsum.
+DENSE_EQUATION = "...i,io->...o"
+
 
 @dataclasses.dataclass(frozen=True)
 class MatrixView:
@@ -77,7 +80,7 @@ class WeightMatrix:
 
     def perturbed_call(self, u, v, scale) -> Callable:
         """The layer's `call` at `W + scale * u v^T`, without `W + eps`:
-        `x W + scale * (x u) v^T`, then the bias and the activation, as
+        `x W + (x u) (scale v)^T`, then the bias and the activation, as
         `Dense.call` and `EinsumDense.call` do. Its gradient with respect
         to `W` is the gradient at `W + eps`."""
         layer = self.layer
@@ -86,17 +89,14 @@ class WeightMatrix:
 
         def call(inputs, training=None):
             dtype = inputs.dtype
-            u_ = ops.cast(ops.reshape(u, row_shape), dtype)
-            v_ = ops.cast(ops.reshape(v, col_shape), dtype)
-            if isinstance(layer, keras.layers.EinsumDense):
-                x = ops.einsum(self.equation, inputs, layer.kernel)
-            else:
-                x = ops.matmul(inputs, layer.kernel)
-            contract, expand = factor_equations(
-                self.equation, len(inputs.shape)
+            x = rank_one_product(
+                self.equation,
+                inputs,
+                layer.kernel,
+                ops.cast(ops.reshape(u, row_shape), dtype),
+                # The scale on `v`, not on the layer's output.
+                ops.cast(ops.reshape(scale * v, col_shape), dtype),
             )
-            xu = ops.einsum(contract, inputs, u_)
-            x = x + ops.cast(scale, dtype) * ops.einsum(expand, xu, v_)
             if layer.bias is not None:
                 x = ops.add(x, layer.bias)
             if layer.activation is not None:
@@ -104,6 +104,76 @@ class WeightMatrix:
             return x
 
         return call
+
+
+def rank_one_product(equation: str, x, kernel, u, v):
+    """`einsum(equation, x, kernel + u v^T)` as `x W + (x u) v^T`, so that
+    `kernel + u v^T` never exists (`u` over the kernel's input axes, `v`
+    over the others, each in the kernel's shape).
+
+    On torch a layer that is a matrix product of flattened views (every
+    Dense layer, and EinsumDense layers whose input axes come last in `x`
+    and first in the kernel) runs as one autograd function that adds the
+    rank-one terms in place, forward and backward: eager torch would
+    otherwise allocate and traverse the layer's output and input gradient
+    three more times.
+    """
+    rank = len(x.shape)
+    contract, expand = factor_equations(equation, rank)
+    if _TORCH_RANK_ONE is not None and _flat(equation, rank):
+        rows, cols = math.prod(u.shape), math.prod(v.shape)
+        out = _TORCH_RANK_ONE(
+            ops.reshape(x, (-1, rows)),
+            ops.reshape(kernel, (rows, cols)),
+            ops.reshape(u, (rows,)),
+            ops.reshape(v, (cols,)),
+        )
+        return ops.reshape(out, (*x.shape[: rank - len(u.shape)], *v.shape))
+    if equation == DENSE_EQUATION:
+        product = ops.matmul(x, kernel)
+    else:
+        product = ops.einsum(equation, x, kernel)
+    return product + ops.einsum(expand, ops.einsum(contract, x, u), v)
+
+
+def _torch_rank_one() -> Callable:
+    """`x W + (x u) v^T` for matrices `x`, `W` and vectors `u`, `v` as a
+    torch autograd function: `x W` then `addr_`, and in the backward pass
+    `g W^T` then `addr_(g v, u)`; `u` and `v` are constants."""
+    import torch
+
+    class RankOneProduct(torch.autograd.Function):
+        @staticmethod
+        def forward(x, w, u, v):
+            return (x @ w).addr_(x @ u, v)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(*inputs)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w, u, v = ctx.saved_tensors
+            needs_x, needs_w = ctx.needs_input_grad[:2]
+            gx = (g @ w.T).addr_(g @ v, u) if needs_x else None
+            gw = x.T @ g if needs_w else None
+            return gx, gw, None, None
+
+    return RankOneProduct.apply
+
+
+_TORCH_RANK_ONE = (
+    _torch_rank_one() if keras.backend.backend() == "torch" else None
+)
+
+
+def _flat(equation: str, rank: int) -> bool:
+    """Whether `equation` is `(..., rows) x (rows, cols) -> (..., cols)`."""
+    contract, expand = factor_equations(equation, rank)
+    x, rows, kept = _einsum_parts(contract)
+    _, cols, output = _einsum_parts(expand)
+    kernel = _einsum_parts(equation)[1]
+    return x == kept + rows and kernel == rows + cols and output == kept + cols
 
 
 def _einsum_parts(equation: str) -> tuple[str, str, str]:
@@ -135,7 +205,7 @@ def factor_equations(equation: str, rank: int) -> tuple[str, str]:
 
 def _matrix(layer, kernel) -> WeightMatrix:
     shape = tuple(kernel.shape)
-    equation = "...i,io->...o"
+    equation = DENSE_EQUATION
     if isinstance(layer, keras.layers.EinsumDense):
         equation = layer.equation
     x, subscripts, _ = _einsum_parts(equation)
