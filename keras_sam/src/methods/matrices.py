@@ -120,7 +120,7 @@ def rank_one_product(equation: str, x, kernel, u, v):
     """
     rank = len(x.shape)
     contract, expand = factor_equations(equation, rank)
-    if _TORCH_RANK_ONE is not None and _flat(equation, rank):
+    if _TORCH_RANK_ONE is not None and _flat(equation, contract, expand):
         rows, cols = math.prod(u.shape), math.prod(v.shape)
         out = _TORCH_RANK_ONE(
             ops.reshape(x, (-1, rows)),
@@ -167,9 +167,9 @@ _TORCH_RANK_ONE = (
 )
 
 
-def _flat(equation: str, rank: int) -> bool:
-    """Whether `equation` is `(..., rows) x (rows, cols) -> (..., cols)`."""
-    contract, expand = factor_equations(equation, rank)
+def _flat(equation: str, contract: str, expand: str) -> bool:
+    """Whether `equation` (with its `factor_equations`) is
+    `(..., rows) x (rows, cols) -> (..., cols)`."""
     x, rows, kept = _einsum_parts(contract)
     _, cols, output = _einsum_parts(expand)
     kernel = _einsum_parts(equation)[1]
