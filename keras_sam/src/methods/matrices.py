@@ -11,6 +11,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -18,9 +19,6 @@ import keras
 from keras import ops
 
 from keras_sam.src import keras_internals
-
-# `Dense.call`'s matrix product, as an einsum.
-DENSE_EQUATION = "...i,io->...o"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +166,7 @@ _TORCH_RANK_ONE = (
 )
 
 
+@functools.cache
 def _flat(equation: str, contract: str, expand: str) -> bool:
     """Whether `equation` (with its `factor_equations`) is
     `(..., rows) x (rows, cols) -> (..., cols)`."""
@@ -183,6 +182,7 @@ def _einsum_parts(equation: str) -> tuple[str, str, str]:
     return x, kernel, output
 
 
+@functools.cache
 def factor_equations(equation: str, rank: int) -> tuple[str, str]:
     """The two einsums of `x W` with `W = u v^T` for a layer's `equation`
     and an input of `rank` axes: `x u` (contract `x` with `u` over the
@@ -206,7 +206,7 @@ def factor_equations(equation: str, rank: int) -> tuple[str, str]:
 
 def _matrix(layer, kernel) -> WeightMatrix:
     shape = tuple(kernel.shape)
-    equation = DENSE_EQUATION
+    equation = "...i,io->...o"
     if isinstance(layer, keras.layers.EinsumDense):
         equation = layer.equation
     x, subscripts, _ = _einsum_parts(equation)
