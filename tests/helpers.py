@@ -31,6 +31,22 @@ def reference_mlp(params: dict, l2: float = 0.0) -> keras.Model:
     return model
 
 
+class Batches(keras.utils.PyDataset):
+    """Given batches as a dataset (`fit(..., shuffle=False)` keeps their
+    order): TensorFlow traces the step with an unknown (`None`) batch size,
+    as for a `tf.data` pipeline."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int):
+        return self.x[index], self.y[index]
+
+
 def toy_classification(n: int, seed: int = 0):
     """`n` standard-normal 6-feature inputs, labels cycling through 3
     classes."""

@@ -10,6 +10,7 @@ import pytest
 
 from keras_sam.demo import cli
 from keras_sam.demo import noisy_digits as demo
+from keras_sam.demo.models import vit
 
 
 @pytest.fixture
@@ -26,6 +27,58 @@ def test_label_noise_replaces_a_fraction_by_wrong_labels():
     assert np.sum(noisy != labels) == 300
     assert set(np.unique(noisy)) == set(range(10))
     np.testing.assert_array_equal(demo.with_label_noise(labels, 0.0), labels)
+
+
+def _vit(keras_seed):
+    keras.utils.set_random_seed(keras_seed)
+    return vit(8, 2, 1, 10, dim=64, depth=2, heads=4, mlp_dim=128)
+
+
+def test_initial_weights_follow_keras_laws_drawn_by_numpy():
+    drawn_by_keras = [keras.ops.convert_to_numpy(w) for w in _vit(0).weights]
+    model = _vit(0)
+    demo.portable_initialization(model, seed=0)
+    for keras_value, variable in zip(drawn_by_keras, model.weights):
+        value = keras.ops.convert_to_numpy(variable)
+        if np.all(keras_value == keras_value.flat[0]):  # zeros, ones
+            np.testing.assert_array_equal(value, keras_value)
+            continue
+        assert not np.allclose(value, keras_value), variable.path
+        # The same law: Glorot-uniform bounds and stds, position std 0.02.
+        for statistic in (np.std, lambda w: np.max(np.abs(w))):
+            np.testing.assert_allclose(
+                statistic(value),
+                statistic(keras_value),
+                rtol=0.12,
+                err_msg=variable.path,
+            )
+
+
+def test_initial_weights_and_batch_order_depend_on_the_seed_only():
+    # Two models drawn by the backend's generator from different seeds.
+    models = [_vit(1), _vit(2), _vit(1)]
+    for model, seed in zip(models, (0, 0, 1)):
+        demo.portable_initialization(model, seed)
+    first, same, other = (
+        [keras.ops.convert_to_numpy(w) for w in m.weights] for m in models
+    )
+    for a, b in zip(first, same):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, c) for a, c in zip(first, other))
+
+    def epochs(seed):
+        batches = demo.Batches(np.arange(10), np.arange(10) % 3, 4, seed)
+        for _ in range(2):
+            batches.on_epoch_begin()
+            yield [batches[i] for i in range(len(batches))]
+
+    (epoch1, epoch2), again = epochs(0), list(epochs(0))
+    assert [len(x) for x, _ in epoch1] == [4, 4, 2]
+    assert sorted(np.concatenate([x for x, _ in epoch1])) == list(range(10))
+    for x, y in epoch1:
+        np.testing.assert_array_equal(y, x % 3)
+    assert str(epoch1) == str(again[0]) and str(epoch2) == str(again[1])
+    assert str(epoch1) != str(epoch2)
 
 
 @pytest.mark.skipif(

@@ -4,7 +4,13 @@ against the independent NumPy reference (tests/reference.py)."""
 import keras
 import numpy as np
 import pytest
-from helpers import LR, assert_weights_close, compile_sgd, reference_mlp
+from helpers import (
+    LR,
+    Batches,
+    assert_weights_close,
+    compile_sgd,
+    reference_mlp,
+)
 from reference import (
     NORM_NAMES,
     Config,
@@ -430,6 +436,43 @@ def test_micro_batches_match_reference(case, splits):
     assert_weights_close(sam.inner, ref.params(), msg=f"{case}/{splits}:")
     # Not the whole batch's trajectory: the test tells the two apart.
     assert np.max(np.abs(ref.theta - whole.theta)) > 1e-4
+
+
+@pytest.mark.parametrize("case, splits", [("nusam", 1), ("nusam", 4)])
+def test_batches_of_unknown_size_match_reference(case, splits):
+    """A dataset's batches have no static size in TensorFlow's trace:
+    nuSAM's factorised layers and the micro-batches take it at run time."""
+    options, config = CASES[case]
+    sam = SAMModel(reference_mlp(init_params()), **options, batch_splits=splits)
+    compile_sgd(sam)
+    x, y = make_batches()
+    sam.fit(Batches(x.astype("float32"), y), shuffle=False, verbose=0)
+    ref = Reference(config, init_params(), LR)
+    for step in range(len(x)):
+        step_per_replica(ref, x[step], y[step], splits)
+    assert_weights_close(sam.inner, ref.params(), msg=f"{case}/{splits}:")
+
+
+@pytest.mark.parametrize("dataset", [False, True])
+def test_a_batch_that_does_not_split_equally_is_a_clear_error(dataset):
+    """With arrays the trace knows the batch size; with a dataset on
+    TensorFlow the step checks it at run time and prints it as `N`."""
+    sam = SAMModel(reference_mlp(init_params()), batch_splits=4)
+    compile_sgd(sam)
+    x, y = make_batches()
+    x, y = x.reshape(-1, x.shape[-1]).astype("float32")[:6], y.reshape(-1)[:6]
+    size = "N" if dataset and keras.backend.backend() == "tensorflow" else 6
+    message = (
+        f"batch_splits=4 splits each batch into 4 equal micro-batches, and "
+        f"this batch has {size} examples. Use a batch size divisible by 4"
+    )
+    with pytest.raises(Exception, match=message) as error:
+        if dataset:
+            sam.fit(Batches([x], [y]), verbose=0)
+        else:
+            sam.fit(x, y, batch_size=6, verbose=0)
+    if size == "N":
+        assert "[N =] [6]" in str(error.value)
 
 
 def test_cases_cover_every_preset():

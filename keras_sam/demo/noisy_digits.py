@@ -9,7 +9,9 @@ with several methods, each with nothing but its `method` (Look-LayerSAM with
 final test accuracy on clean labels (mean +- std over `--seeds`), the step
 time relative to its base optimizer and the state it keeps between steps; it
 plots the test accuracy per epoch. No download: the digits ship with
-scikit-learn. Honours `KERAS_BACKEND`.
+scikit-learn. Honours `KERAS_BACKEND`; a seed fixes the label noise, the
+initial weights and the batch order with NumPy, so it is the same run on
+every backend (up to floating-point rounding, which training amplifies).
 
 Usage: `keras-sam demo [--methods sam,looksam] [--epochs 30] [--noise 0.3]
 [--seeds 1] [--model vit|mixer] [--plot keras_sam_demo.png]`
@@ -99,12 +101,76 @@ def noisy_digits(noise: float, seed: int = 0) -> Data:
 
 def make_model(kind: str = "vit", seed: int = 0) -> keras.Model:
     """The demo's model on 8x8x1 digits: a 2-block ViT or MLP-Mixer on 2x2
-    patches."""
+    patches, its initial weights drawn by `portable_initialization`."""
     keras.utils.set_random_seed(seed)
     common = dict(image_size=8, patch_size=2, channels=1, num_classes=10)
     if kind == "mixer":
-        return mlp_mixer(**common, dim=64, depth=2)
-    return vit(**common, dim=64, depth=2, heads=4, mlp_dim=128)
+        model = mlp_mixer(**common, dim=64, depth=2)
+    else:
+        model = vit(**common, dim=64, depth=2, heads=4, mlp_dim=128)
+    portable_initialization(model, seed)
+    return model
+
+
+def portable_initialization(model: keras.Model, seed: int) -> None:
+    """Redraws the demo model's random initial weights with NumPy, so that a
+    seed is the same run on every backend (each backend's own generator
+    draws different numbers from the same laws).
+
+    The laws are those Keras draws for the demo's layers: constants (zeros,
+    ones) are kept; `position` embeddings are normal with std 0.02; every
+    other weight is Glorot-uniform with Keras' fans (`_glorot_fans`).
+    """
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        value = keras.ops.convert_to_numpy(variable)
+        if np.all(value == value.flat[0]):
+            continue
+        if variable.name == "position":
+            drawn = rng.normal(0.0, 0.02, value.shape)
+        else:
+            limit = np.sqrt(6.0 / sum(_glorot_fans(variable.path, value.shape)))
+            drawn = rng.uniform(-limit, limit, value.shape)
+        variable.assign(drawn.astype(value.dtype))
+
+
+def _glorot_fans(path: str, shape: tuple) -> tuple[int, int]:
+    """`(fan_in, fan_out)` as Keras counts them: the contracted and the
+    output axes of a `MultiHeadAttention` projection (an `EinsumDense`
+    kernel: `(dim, heads, head_dim)`, or `(heads, head_dim, dim)` for the
+    output); for any other kernel, its last two axes, each times the
+    product of the others (a convolution's receptive field)."""
+    if len(shape) == 3 and "attention" in path:
+        split = 2 if "attention_output" in path else 1
+        return int(np.prod(shape[:split])), int(np.prod(shape[split:]))
+    if len(shape) < 2:
+        raise ValueError(f"No Glorot fans for the {shape} weight {path!r}.")
+    receptive = int(np.prod(shape[:-2]))
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+class Batches(keras.utils.PyDataset):
+    """`(x, y)` in batches, in an order NumPy draws anew at each epoch from
+    `seed` (`fit(shuffle=True)` would draw it with the backend's generator,
+    which differs between backends)."""
+
+    def __init__(self, x, y, batch_size: int, seed: int):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self._rng = np.random.default_rng(seed)
+        self._order = np.arange(len(x))
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        chosen = self._order[
+            index * self.batch_size : (index + 1) * self.batch_size
+        ]
+        return self.x[chosen], self.y[chosen]
+
+    def on_epoch_begin(self) -> None:
+        self._order = self._rng.permutation(len(self.x))
 
 
 def base_optimizer(name: str, steps: int) -> keras.optimizers.Optimizer:
@@ -165,10 +231,9 @@ def train(
     )
     timer = _EpochTimer()
     history = trainer.fit(
-        data.x,
-        data.y,
-        batch_size=BATCH_SIZE,
+        Batches(data.x, data.y, BATCH_SIZE, seed),
         epochs=epochs,
+        shuffle=False,  # Batches draws the order; Keras would shuffle it.
         validation_data=(data.x_test, data.y_test),
         callbacks=[timer],
         verbose=verbose,

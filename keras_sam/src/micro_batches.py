@@ -31,12 +31,7 @@ def split(data: Any, count: int) -> list:
     sizes = {t.shape[0] for t in flat if t is not None} - {None}
     indivisible = [size for size in sizes if size % count]
     if indivisible:
-        raise ValueError(
-            f"batch_splits={count} splits each batch into {count} equal "
-            f"micro-batches, and this batch has {indivisible[0]} examples. "
-            f"Use a batch size divisible by {count} (and, for the last batch "
-            "of an epoch, a dataset whose size is, or `drop_remainder=True`)."
-        )
+        raise ValueError(indivisible_message(count, indivisible[0]))
     pieces = [
         [None] * count if t is None else ops.split(t, count, axis=0)
         for t in flat
@@ -45,6 +40,16 @@ def split(data: Any, count: int) -> list:
         keras.tree.pack_sequence_as(data, [p[j] for p in pieces])
         for j in range(count)
     ]
+
+
+def indivisible_message(count: int, size: int | str) -> str:
+    """The error for a batch of `size` examples and `batch_splits=count`."""
+    return (
+        f"batch_splits={count} splits each batch into {count} equal "
+        f"micro-batches, and this batch has {size} examples. Use a batch "
+        f"size divisible by {count} (and, for the last batch of an epoch, a "
+        "dataset whose size is, or `drop_remainder=True`)."
+    )
 
 
 def concatenate(parts: list) -> Any:

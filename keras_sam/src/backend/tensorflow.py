@@ -10,7 +10,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from keras_sam.src import keras_internals
+from keras_sam.src import keras_internals, micro_batches
 from keras_sam.src.replicas import ONE_REPLICA, Replicas
 from keras_sam.src.trainer import SAMTrainer
 
@@ -46,6 +46,23 @@ def _check_micro_batches(options, count: int) -> None:
             "micro-batches split each replica's batch, so use "
             f"ascent='per_replica' ({count} x {options.batch_splits} "
             "micro-batches), or batch_splits=1."
+        )
+
+
+def _assert_divisible(data, count: int):
+    """`data` once `micro_batches.split`'s check has run, at run time where
+    the trace does not know the batch size (a dataset's batches in a
+    `tf.function`): the split waits for it. (Under XLA the compiler sees
+    the size first and reports "Number of ways to split should evenly
+    divide the split dimension" itself.)"""
+    sizes = [tf.shape(t)[0] for t in tf.nest.flatten(data) if t is not None]
+    message = micro_batches.indivisible_message(count, "N")
+    check = tf.debugging.Assert(
+        sizes[0] % count == 0, [message, "N =", sizes[0]]
+    )
+    with tf.control_dependencies([check]):
+        return tf.nest.map_structure(
+            lambda t: None if t is None else tf.identity(t), data
         )
 
 
@@ -143,6 +160,12 @@ class TensorFlowSAMTrainer(SAMTrainer):
             self._options, self.distribute_strategy.num_replicas_in_sync
         )
         return super().make_train_function(force)
+
+    def _micro_batches(self, data) -> list:
+        first = next(t for t in tf.nest.flatten(data) if t is not None)
+        if first.shape[0] is None:
+            data = _assert_divisible(data, self._options.batch_splits)
+        return super()._micro_batches(data)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         return keras_internals.symbolic_build_before_tracing(

@@ -21,6 +21,16 @@ class _PassInputs(NamedTuple):
     y: object
     sample_weight: object
 
+    def loss_arguments(self) -> tuple:
+        """What a stateless loss takes after the trainable values."""
+        return (
+            self.non_trainable,
+            self.metrics,
+            self.x,
+            self.y,
+            self.sample_weight,
+        )
+
 
 def _rng_snapshot():
     """The global torch RNG states (CPU and initialised CUDA devices)."""
@@ -172,12 +182,7 @@ class TorchSAMTrainer(SAMTrainer):
         replay = _replay_rng(inputs.rng) if index else contextlib.nullcontext()
         with torch.enable_grad(), replay:
             loss, y_pred, *effects = self._stateless_loss(
-                leaves,
-                inputs.non_trainable,
-                inputs.metrics,
-                inputs.x,
-                inputs.y,
-                inputs.sample_weight,
+                leaves, *inputs.loss_arguments()
             )
         scaled = self.optimizer.scale_loss(loss)
         clean = self._plan.clean_indices
@@ -194,14 +199,7 @@ class TorchSAMTrainer(SAMTrainer):
     def _pass_two(self, values, scope, inputs: _PassInputs):
         leaves = [value.detach().requires_grad_(True) for value in values]
         with torch.enable_grad(), _replay_rng(inputs.rng), scope:
-            loss = self._perturbed_loss(
-                leaves,
-                inputs.non_trainable,
-                inputs.metrics,
-                inputs.x,
-                inputs.y,
-                inputs.sample_weight,
-            )
+            loss = self._perturbed_loss(leaves, *inputs.loss_arguments())
             scaled = self.optimizer.scale_loss(loss)
         grads = torch.autograd.grad(scaled, leaves, allow_unused=True)
         return loss.detach(), list(grads)

@@ -122,7 +122,8 @@ def rank_one_product(equation: str, x, kernel, u, v):
     contract, expand = factor_equations(equation, rank)
     if _flat(equation, contract, expand):
         rows, cols = math.prod(u.shape), math.prod(v.shape)
-        shape = (*x.shape[: rank - len(u.shape)], *v.shape)
+        # The leading axes as tensors where unknown (a tf.function's batch).
+        shape = (*ops.shape(x)[: rank - len(u.shape)], *v.shape)
         flat = ops.reshape(x, (-1, rows))
         matrix = ops.reshape(kernel, (rows, cols))
         u, v = ops.reshape(u, (rows,)), ops.reshape(v, (cols,))
