@@ -365,16 +365,16 @@ def main(argv: list[str] | None = None) -> dict:
         data = noisy_digits(args.noise, seed)
         for name, method, optimizer in plan:
             print(f"\n--- {name}, seed {seed}")
-            runs[name].append(
-                train(
-                    data,
-                    method,
-                    optimizer=optimizer,
-                    epochs=args.epochs,
-                    seed=seed,
-                    model_kind=args.model,
-                )
+            result = train(
+                data,
+                method,
+                optimizer=optimizer,
+                epochs=args.epochs,
+                seed=seed,
+                model_kind=args.model,
             )
+            del result["model"]  # each keeps its compiled step
+            runs[name].append(result)
     _table(runs)
     curves = {
         name: np.mean([r["history"]["val_accuracy"] for r in results], axis=0)

@@ -64,7 +64,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
     | `"asam"` | adaptive | no | none | sam | all | 0.2 |
     | `"fisher"` | fisher | no | none | sam | all | 0.1 |
     | `"fsam"` | l2 | yes | none | sam | all | 0.05 |
-    | `"fasam"` | adaptive | yes | none | sam | all | 0.5 |
+    | `"fasam"` | adaptive | yes | none | sam | all | 0.2 |
     | `"layersam"` | layer | no | none | sam | all | 0.2 |
     | `"looksam"` | l2 | no | look | sam | all | 0.05 |
     | `"looklayersam"` | layer | no | look | sam | all | 0.1 |

@@ -372,7 +372,7 @@ PRESETS: dict[str, Preset] = {
         "l2", {"rho": 0.05, "friendly": True}, "Li et al., CVPR 2024"
     ),
     "fasam": Preset(
-        "adaptive", {"rho": 0.5, "friendly": True}, "Li et al., CVPR 2024"
+        "adaptive", {"rho": 0.2, "friendly": True}, "Li et al., CVPR 2024"
     ),
     "layersam": Preset("layer", {"rho": 0.2}, "Liu et al., 2022"),
     "looksam": Preset("l2", {"rho": 0.05, "reuse": "look"}, "Liu et al., 2022"),
