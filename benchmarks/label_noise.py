@@ -105,8 +105,8 @@ def main(argv=None) -> dict:
                 model_kind=args.model,
                 verbose=0,
             )
-            # Kept models keep their compiled steps: dozens of them crash
-            # XLA's CPU code allocator.
+            # A kept model keeps its compiled step: a JAX process that had
+            # kept about 40 of them crashed in XLA's CPU code.
             del result["model"]
             results[run].append(result)
             print(

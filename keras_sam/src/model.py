@@ -70,9 +70,12 @@ class SAMModel(BackendSAMTrainer, keras.Model):
     | `"looklayersam"` | layer | no | look | sam | all | 0.1 |
     | `"samk"` | l2 | no | every_k | sam | all | 0.2 |
     | `"nusam"` | nuclear | no | none | sam | weight matrices | 0.05 |
-    | `"nusam_norm"` | nuclear_norm | no | none | sam | weight matrices | 0.2 |
+    | `"nusam_norm"` | nuclear_norm | no | none | sam | weight matrices | 0.5 |
     | `"gsam"` | l2 | no | none | gsam | all | 0.05 |
     | `"wsam"` | l2 | no | none | wsam | all | 0.05 |
+
+    `samk` ascends on every `k=2`-th step; `looksam` and `looklayersam` on
+    every `k=5`-th, reusing `g_v` with `alpha=0.7` between.
 
     AE-SAM's adaptive schedule is an option of any method:
     `policy="adaptive"` (AE-SAM with `reuse=None`, AE-LookSAM with

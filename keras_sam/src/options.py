@@ -379,9 +379,11 @@ PRESETS: dict[str, Preset] = {
     "looklayersam": Preset(
         "layer", {"rho": 0.1, "reuse": "look"}, "Liu et al., 2022"
     ),
-    "samk": Preset("l2", {"rho": 0.2, "reuse": "every_k"}, "Liu et al., 2022"),
+    "samk": Preset(
+        "l2", {"rho": 0.2, "reuse": "every_k", "k": 2}, "Liu et al., 2022"
+    ),
     "nusam": Preset("nuclear", {"rho": 0.05}, "Ahn et al., 2024"),
-    "nusam_norm": Preset("nuclear_norm", {"rho": 0.2}, "Ahn et al., 2024"),
+    "nusam_norm": Preset("nuclear_norm", {"rho": 0.5}, "Ahn et al., 2024"),
     "gsam": Preset(
         "l2",
         {"rho": 0.05, "descent": "gsam", "gsam_alpha": 0.6},
