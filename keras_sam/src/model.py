@@ -75,7 +75,8 @@ class SAMModel(BackendSAMTrainer, keras.Model):
     | `"wsam"` | l2 | no | none | wsam | all | 0.05 |
 
     `samk` ascends on every `k=2`-th step; `looksam` and `looklayersam` on
-    every `k=5`-th, reusing `g_v` with `alpha=0.7` between.
+    every `k=5`-th, reusing `g_v` with `alpha=0.7` between (`looklayersam`
+    with `reuse_scale="relative"`).
 
     AE-SAM's adaptive schedule is an option of any method:
     `policy="adaptive"` (AE-SAM with `reuse=None`, AE-LookSAM with
@@ -122,7 +123,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             SAM gradient between ascents) or `"every_k"` (SAM-k: plain steps
             between ascents). Defaults to the preset's value.
         k: the period of the ascents with `reuse`, an int >= 1. Defaults
-            to `5`.
+            to `5` (`2` for `samk`).
         alpha: LookSAM's reuse weight, in [0, 1]. Defaults to `0.7`.
         reuse_scale: how LookSAM's reuse steps scale the stored `g_v` in
             `g + alpha * c * g_v`: `"stored"` (`c = 1`: `g_v` as the last
@@ -131,7 +132,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             that ascent) or `"gradient"` (`c = ||g|| / ||g_v||`, the
             paper's Alg. 1: a term of norm `alpha * ||g||` whatever `rho`,
             which collapses small-batch training; docs/methods/looksam.md).
-            Defaults to `"stored"`.
+            Defaults to `"stored"` (`"relative"` for `looklayersam`).
         policy: when to ascend: `"periodic"` (every step, or every `k`-th
             with `reuse`) or `"adaptive"` (AE-SAM: on the steps whose squared
             clean-gradient norm `||g||^2` is at least `mu + c_t * sigma`, its

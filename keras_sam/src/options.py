@@ -377,7 +377,9 @@ PRESETS: dict[str, Preset] = {
     "layersam": Preset("layer", {"rho": 0.2}, "Liu et al., 2022"),
     "looksam": Preset("l2", {"rho": 0.05, "reuse": "look"}, "Liu et al., 2022"),
     "looklayersam": Preset(
-        "layer", {"rho": 0.1, "reuse": "look"}, "Liu et al., 2022"
+        "layer",
+        {"rho": 0.1, "reuse": "look", "reuse_scale": "relative"},
+        "Liu et al., 2022",
     ),
     "samk": Preset(
         "l2", {"rho": 0.2, "reuse": "every_k", "k": 2}, "Liu et al., 2022"
