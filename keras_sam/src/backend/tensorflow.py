@@ -49,17 +49,14 @@ def _check_micro_batches(options, count: int) -> None:
         )
 
 
-def _assert_divisible(data, count: int):
-    """`data` once `micro_batches.split`'s check has run, at run time where
-    the trace does not know the batch size (a dataset's batches in a
-    `tf.function`): the split waits for it. (Under XLA the compiler sees
-    the size first and reports "Number of ways to split should evenly
+def _assert_divisible(data, size, count: int):
+    """`data` once `micro_batches.split`'s check of its batch `size` has run,
+    at run time where the trace does not know the size (a dataset's batches
+    in a `tf.function`): the split waits for it. (Under XLA the compiler
+    sees the size first and reports "Number of ways to split should evenly
     divide the split dimension" itself.)"""
-    sizes = [tf.shape(t)[0] for t in tf.nest.flatten(data) if t is not None]
     message = micro_batches.indivisible_message(count, "N")
-    check = tf.debugging.Assert(
-        sizes[0] % count == 0, [message, "N =", sizes[0]]
-    )
+    check = tf.debugging.Assert(size % count == 0, [message, "N =", size])
     with tf.control_dependencies([check]):
         return tf.nest.map_structure(
             lambda t: None if t is None else tf.identity(t), data
@@ -164,7 +161,8 @@ class TensorFlowSAMTrainer(SAMTrainer):
     def _micro_batches(self, data) -> list:
         first = next(t for t in tf.nest.flatten(data) if t is not None)
         if first.shape[0] is None:
-            data = _assert_divisible(data, self._options.batch_splits)
+            count = self._options.batch_splits
+            data = _assert_divisible(data, tf.shape(first)[0], count)
         return super()._micro_batches(data)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
