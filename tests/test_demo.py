@@ -45,7 +45,10 @@ def test_initial_weights_follow_keras_laws_drawn_by_numpy():
             continue
         assert not np.allclose(value, keras_value), variable.path
         # The same law: Glorot-uniform bounds and stds, position std 0.02.
-        for statistic in (np.std, lambda w: np.max(np.abs(w))):
+        statistics = [np.std]
+        if variable.name != "position":  # a normal sample's max is noisy
+            statistics.append(lambda w: np.max(np.abs(w)))
+        for statistic in statistics:
             np.testing.assert_allclose(
                 statistic(value),
                 statistic(keras_value),

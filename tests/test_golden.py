@@ -102,7 +102,7 @@ CASES = {
             geometry="layer",
             layer_scale="global",
             reuse="look",
-            reuse_scale="stored",
+            reuse_scale="relative",
             k=3,
             rho=0.05,
         ),

@@ -224,7 +224,7 @@ def test_variables_without_gradient_are_skipped(method):
         reuse="look" if method == "looklayersam" else None,
         k=2,
         layer_scale="layer",
-        reuse_scale="stored",
+        reuse_scale="relative",  # looklayersam's
     )
     ref = Reference(config, params, LR)
     for step in range(len(x)):
