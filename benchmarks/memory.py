@@ -3,11 +3,14 @@
 Each (backend, method) runs in its own process: build the model (a wide MLP
 of >= 50M parameters, or a ViT, whose attention kernels are EinsumDense),
 compile with plain SGD (no optimizer state, so the SAM state and transients
-stand out), take one warm-up step (tracing, compilation, first
+stand out), take warm-up steps (tracing, compilation, first
 allocations), reset the peak marks, run a few steps and read the peaks: the
 process's peak RSS (`VmHWM`, after `/proc/self/clear_refs`) and, on a GPU,
 the peak device memory (TensorFlow and torch reset it; JAX cannot, so its
-device column is the peak since the process started). Each cell is the
+device column is the peak since the process started). On the CPU the
+"step" column is the step's own memory as JAX and TensorFlow account for
+it, apart from the compiled program and the allocators' caches that the
+RSS also holds (`_StepMemory`). Each cell is the
 median of `--repeats` processes (TensorFlow's executor runs ready ops in a
 varying order, so its peak varies from run to run). The table reports each
 method's extra peak over the base optimizer as a fraction of the parameter
@@ -98,6 +101,51 @@ class _DevicePeak:
         return float(jax.devices()[0].memory_stats()["peak_bytes_in_use"])
 
 
+class _StepMemory:
+    """The step's own memory as the backend accounts for it on the CPU,
+    apart from what else the process holds (the compiled program, the
+    allocators' caches): on JAX the compiled step's temporaries
+    (`memory_analysis()`: the buffers a device would allocate for them),
+    on TensorFlow its CPU allocator's peak during the steps above the
+    memory in use before them; `None` on torch (eager, so its RSS is the
+    step's) and on a GPU (the device column)."""
+
+    def __init__(self):
+        import keras
+
+        self.backend = keras.backend.backend()
+        self.cpu = not _on_gpu(self.backend)
+        if self.cpu and self.backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.experimental.reset_memory_stats("CPU:0")
+            info = tf.config.experimental.get_memory_info("CPU:0")
+            self.before = info["current"]
+
+    def measure(self, trainer, x, y) -> float | None:
+        if not self.cpu or self.backend == "torch":
+            return None
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            info = tf.config.experimental.get_memory_info("CPU:0")
+            return float(info["peak"] - self.before)
+        import jax
+
+        state = tuple(
+            [v.value for v in variables]
+            for variables in (
+                trainer.trainable_variables,
+                trainer.non_trainable_variables,
+                trainer.optimizer.variables,
+                trainer.metrics_variables,
+            )
+        )
+        step = jax.jit(trainer.train_step, donate_argnums=0)
+        analysis = step.lower(state, (x, y)).compile().memory_analysis()
+        return float(analysis.temp_size_in_bytes)
+
+
 def _on_gpu(backend: str) -> bool:
     if backend == "torch":
         import torch
@@ -143,22 +191,26 @@ def worker(method: str, args) -> None:
     shape = (32, 32, 3) if args.model == "vit" else (args.width,)
     x = rng.normal(size=(args.batch, *shape)).astype("float32")
     y = rng.integers(0, 10, size=args.batch)
-    trainer.train_on_batch(x, y)  # warm-up
+    for _ in range(args.warmup):  # tracing, compiling, first allocations
+        trainer.train_on_batch(x, y)
     _release_free_heap()
     device = _DevicePeak()
     device.reset()
+    step_memory = _StepMemory()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak-RSS mark to the current RSS
     start = time.perf_counter()
     for _ in range(args.steps):
         trainer.train_on_batch(x, y)
     seconds = (time.perf_counter() - start) / args.steps
+    peak = _status("VmHWM")
     print(
         json.dumps(
             {
                 "params": model.count_params(),
-                "peak": _status("VmHWM"),
+                "peak": peak,
                 "device_peak": device.peak(),
+                "step_memory": step_memory.measure(trainer, x, y),
                 "step_seconds": seconds,
             }
         )
@@ -172,8 +224,9 @@ def run(backend: str, method: str, args) -> dict:
         key: statistics.median(r[key] for r in runs)
         for key in ("params", "peak", "step_seconds")
     }
-    devices = [r["device_peak"] for r in runs if r["device_peak"] is not None]
-    out["device_peak"] = statistics.median(devices) if devices else None
+    for key in ("device_peak", "step_memory"):
+        values = [r[key] for r in runs if r[key] is not None]
+        out[key] = statistics.median(values) if values else None
     return out
 
 
@@ -195,7 +248,8 @@ def run_once(backend: str, method: str, args) -> dict:
         method,
         *("--model", args.model, "--width", str(args.width)),
         *("--depth", str(args.depth), "--batch", str(args.batch)),
-        *("--steps", str(args.steps), "--jit-compile", args.jit_compile),
+        *("--warmup", str(args.warmup), "--steps", str(args.steps)),
+        *("--jit-compile", args.jit_compile),
     ]
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     if out.returncode:
@@ -225,6 +279,13 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=int, help="Defaults to 64 (MLP) or 16 (ViT)."
     )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="steps before the peaks are reset: TensorFlow's RSS grows "
+        "over its first steps",
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -250,7 +311,7 @@ def main() -> None:
     )
     print(
         f"{'backend':<12}{'params':>8}{'base RSS':>10}{'RSS extra':>14}"
-        f"{'device extra':>14}{'nuSAM/SAM time':>16}"
+        f"{'step extra':>14}{'device extra':>14}{'nuSAM/SAM time':>16}"
     )
     for backend in args.backends.split(","):
         r = {m: run(backend, m, args) for m in METHODS}
@@ -259,6 +320,7 @@ def main() -> None:
             f"{backend:<12}{r['base']['params'] / 1e6:>7.1f}M"
             f"{r['base']['peak'] / 2**20:>8.0f}MB"
             f"{_extra(r, 'peak', param_bytes):>14}"
+            f"{_extra(r, 'step_memory', param_bytes):>14}"
             f"{_extra(r, 'device_peak', param_bytes):>14}"
             f"{r['nusam']['step_seconds'] / r['sam']['step_seconds']:>16.2f}",
             flush=True,

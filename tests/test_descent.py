@@ -23,6 +23,7 @@ PLAN = StepPlan(
     ascends_every_step=False,
     clean_indices=(0, 1, 2),
     keeps_gradient=True,
+    pairs_in_pass_one=False,
 )
 VALUES = [np.ones(2), np.ones(3), np.ones((2, 2))]
 G = [np.array([1.0, 2.0]), np.array([0.0, -1.0, 3.0]), np.full((2, 2), 0.5)]

@@ -13,6 +13,7 @@ from keras_sam import SAMModel
 from keras_sam.src.analysis import autodiff
 from keras_sam.src.methods import nuclear
 from keras_sam.src.methods.matrices import MatrixView, weight_matrices
+from keras_sam.src.probes import Probes, Run
 
 
 def _attention_model(params):
@@ -198,6 +199,136 @@ def test_factorised_gradients_equal_the_gradients_at_w_plus_eps(name):
             rtol=1e-5,
             atol=1e-5,
         )
+
+
+def _alg2(a: np.ndarray, u: np.ndarray, iterations: int):
+    """Alg. 2 of the nuSAM paper in NumPy (float64), and `u^T A v`."""
+    for _ in range(iterations):
+        v = a.T @ u
+        v = v / (np.linalg.norm(v) + 1e-12)
+        u = a @ v
+        u = u / (np.linalg.norm(u) + 1e-12)
+    return u, v, u @ a @ v
+
+
+def test_power_iteration_on_an_outer_sum_is_alg2_on_the_formed_matrix():
+    """`A = x^T dy` is never formed: `A v = x^T (dy v)` and
+    `A^T u = dy^T (x u)`."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(7, 6)).astype("float32")
+    dy = rng.normal(size=(7, 4)).astype("float32")
+    u0 = nuclear.initial_vectors([6])[0]
+    u, v, sigma = nuclear.outer_sum_pair(
+        ops.convert_to_tensor(x), ops.convert_to_tensor(dy), u0, 3
+    )
+    want = _alg2(x.T.astype("float64") @ dy, u0.astype("float64"), 3)
+    for got, expected in zip((u, v, sigma), want):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(got), expected, rtol=1e-5, atol=1e-6
+        )
+
+
+FLAT = sorted(set(LAYERS) - {"non_leading_rows"})
+
+
+def test_layers_are_flat_products_unless_their_rows_trail():
+    for name, make in LAYERS.items():
+        layer = make()
+        layer(np.zeros(INPUTS[name], "float32"))
+        (matrix,) = weight_matrices(layer).values()
+        assert matrix.flat is (name in FLAT), name
+
+
+@pytest.mark.parametrize("name", FLAT)
+def test_probed_layer_gives_alg2_of_its_kernel_gradient(name):
+    """In pass 1 a probed layer's output and its gradients with respect to
+    the input and the kernel are the layer's own, and its probe's
+    gradient is `(u, v, sigma)` of Alg. 2 on the kernel's gradient (as a
+    matrix), warm-started from the probe's first entries."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=INPUTS[name]).astype("float32")
+    layer = LAYERS[name]()
+    layer(x)
+    (matrix,) = weight_matrices(layer).values()
+    rows, cols = matrix.view.rows, matrix.view.cols
+    u0 = nuclear.initial_vectors([rows])[0]
+    probe = np.concatenate([u0, np.zeros(cols + 1, "float32")])
+    weights = ops.convert_to_tensor(
+        rng.normal(size=layer(x).shape).astype("float32")
+    )
+    # A run whose layer ran twice: torch computes the kernel's gradient.
+    run = Run([2])
+    call = matrix.probed_call(ops.convert_to_tensor(probe), 2, run)
+
+    def loss(probed: bool):
+        def loss_fn(values, context):
+            inputs, kernel, probe_value = values
+            forward = layer.call
+            if probed:
+                forward = matrix.probed_call(probe_value, 2, run)
+            with keras.StatelessScope(state_mapping=[(layer.kernel, kernel)]):
+                return ops.sum(forward(inputs) * weights)
+
+        return autodiff.compile_loss(loss_fn).value_and_gradient
+
+    values = [ops.convert_to_tensor(v) for v in (x, layer.kernel, probe)]
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(call(values[0])),
+        ops.convert_to_numpy(layer(x)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    _, probed = loss(True)(values, None)
+    _, plain = loss(False)(values, None)
+    for got, want in zip(probed[:2], plain[:2]):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(got), ops.convert_to_numpy(want), 1e-5, 1e-6
+        )
+    a = ops.convert_to_numpy(matrix.view.to_matrix(plain[1])).astype("float64")
+    u, v, sigma = _alg2(a, u0.astype("float64"), 2)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(probed[2]),
+        np.concatenate([u, v, [sigma]]),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_a_layer_called_twice_keeps_its_kernel_gradient_in_pass_one(
+    monkeypatch,
+):
+    """A shared layer's gradient is the sum over its calls, which per-call
+    power iterations cannot give: pass 1 then differentiates the kernels,
+    and the step is nuSAM's on the gradient."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    trained = []
+    for probed in (True, False):
+        keras.utils.set_random_seed(0)
+        shared = keras.layers.Dense(4, activation="tanh")
+        inputs = keras.Input((4,))
+        outputs = keras.layers.Dense(3)(shared(shared(inputs)))
+        sam = SAMModel(keras.Model(inputs, outputs), method="nusam_norm")
+        compile_sgd(sam)
+        pairs = []
+        original = Probes.pairs
+
+        def spied(self, *args, pairs=pairs, original=original):
+            pairs.append(original(self, *args))
+            return pairs[-1]
+
+        monkeypatch.setattr(Probes, "pairs", spied)
+        if not probed:
+            monkeypatch.setattr(SAMModel, "_probes", lambda self, *a: None)
+        sam.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        # Probed, the layer ran twice: no pairs, gradients instead.
+        assert pairs == ([None] * len(pairs) if probed else [])
+        assert bool(pairs) is probed
+        trained.append([ops.convert_to_numpy(w) for w in sam.get_weights()])
+        monkeypatch.undo()
+    for got, want in zip(*trained):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_layers_that_cannot_run_factorised_are_perturbed_as_values():

@@ -26,6 +26,7 @@ PLAN = StepPlan(
     ascends_every_step=False,
     clean_indices=(0, 1, 2, 3),
     keeps_gradient=False,
+    pairs_in_pass_one=False,
 )
 VALUES = [np.full((2,), 1.0), np.full((3,), 2.0), np.ones((2, 2)), np.ones(1)]
 GRADS = [np.array([3.0, 4.0]), np.zeros(3), np.full((2, 2), 0.5), np.ones(1)]

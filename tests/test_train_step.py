@@ -412,3 +412,43 @@ def test_pass_one_differentiates_only_the_gradients_the_step_reads(
         "kernels": [p for p in names if p.endswith("kernel")],
     }[differentiated]
     assert [names[i] for i in plan.clean_indices] == expected
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (dict(method="nusam"), True),
+        (dict(method="nusam_norm", power_iterations=3), True),
+        # The clean gradient is read beyond its singular pairs: by a reuse
+        # step, F-SAM's EMA, LookSAM, a descent rule; or the ascents are
+        # each micro-batch's or replica's own.
+        (dict(method="nusam", start_step=1), False),
+        (dict(method="nusam", reuse="look", k=2), False),
+        (dict(method="nusam", friendly=True), False),
+        (dict(method="nusam", descent="wsam"), False),
+        (dict(method="nusam", batch_splits=2), False),
+        (dict(method="nusam", ascent="per_replica"), False),
+        (dict(method="sam"), False),
+    ],
+)
+def test_pass_one_computes_singular_pairs_where_only_they_are_read(
+    options, expected
+):
+    """nuSAM's pass 1 gives each weight matrix's top singular pair from its
+    backward pass instead of the weight gradients (`probes.py`) exactly
+    when the step reads nothing else of them."""
+    _, sam, _ = _twins(**options)
+    assert sam._plan.pairs_in_pass_one is expected
+
+
+def test_a_layer_that_is_not_a_flat_product_keeps_gradients_in_pass_one():
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.EinsumDense("ab,cb->ac", (3,), bias_axes="c"),
+            keras.layers.Dense(2),
+        ]
+    )
+    sam = SAMModel(model, method="nusam")
+    compile_sgd(sam)
+    assert not sam._plan.pairs_in_pass_one

@@ -78,20 +78,30 @@ class RankOne:
             [self.delta(j) for j in dense],
         )
 
-    @contextlib.contextmanager
     def scope(self):
-        layers = []
-        try:
-            for j, matrix in enumerate(self.matrices):
-                if matrix.factorised:
-                    call = matrix.perturbed_call(
-                        self.u[j], self.v[j], self.scales[j]
-                    )
-                    # An instance attribute: the layer's own `__call__`
-                    # (seeds, masks, name scopes) runs it as its `call`.
-                    object.__setattr__(matrix.layer, "call", call)
-                    layers.append(matrix.layer)
-            yield
-        finally:
-            for layer in layers:
-                object.__delattr__(layer, "call")
+        factorised = [j for j, m in enumerate(self.matrices) if m.factorised]
+        return calls_replaced(
+            [self.matrices[j].layer for j in factorised],
+            [
+                self.matrices[j].perturbed_call(
+                    self.u[j], self.v[j], self.scales[j]
+                )
+                for j in factorised
+            ],
+        )
+
+
+@contextlib.contextmanager
+def calls_replaced(layers: list, calls: list):
+    """Within it, each of `layers` runs the matching function of `calls` as
+    its `call`: an instance attribute, so the layer's own `__call__`
+    (seeds, masks, name scopes, autocasting) still runs around it."""
+    replaced = []
+    try:
+        for layer, call in zip(layers, calls):
+            object.__setattr__(layer, "call", call)
+            replaced.append(layer)
+        yield
+    finally:
+        for layer in replaced:
+            object.__delattr__(layer, "call")

@@ -42,6 +42,13 @@ class StepPlan:
             computes the other weight gradients; pass 2 gives theirs).
         keeps_gradient: whether the clean gradient is read after pass 2
             (LookSAM's projection, the descent rules of GSAM and WSAM).
+        pairs_in_pass_one: whether a backend that can may run nuSAM's
+            power iterations within pass 1's backward pass instead of
+            computing the weight matrices' gradients (`probes.py`): a
+            nuclear geometry whose step reads those gradients only through
+            their singular pairs (every step ascends along the one global
+            gradient, no F-SAM, LookSAM or descent rule), on layers that
+            are matrix products of their flattened input.
     """
 
     variable_ids: tuple[int, ...]
@@ -52,6 +59,7 @@ class StepPlan:
     ascends_every_step: bool
     clean_indices: tuple[int, ...]
     keeps_gradient: bool
+    pairs_in_pass_one: bool
 
 
 def _gradient_indices(variables: list) -> list[int]:
@@ -129,4 +137,19 @@ def make_plan(
         ascends_every_step=every_step,
         clean_indices=tuple(clean),
         keeps_gradient=keeps_gradient,
+        pairs_in_pass_one=_pairs_in_pass_one(options, matrices, every_step),
+    )
+
+
+def _pairs_in_pass_one(
+    options: SAMOptions, matrices: tuple[WeightMatrix, ...], every_step: bool
+) -> bool:
+    return (
+        bool(matrices)
+        and every_step
+        and options.descent == "sam"
+        and not options.friendly
+        and options.batch_splits == 1
+        and options.ascent == "global"
+        and all(m.factorised and m.flat for m in matrices)
     )

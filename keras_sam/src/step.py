@@ -31,6 +31,7 @@ from keras_sam.src.methods.tensors import all_finite, global_dot, to_float32
 from keras_sam.src.options import SAMOptions
 from keras_sam.src.perturbation import Dense, RankOne
 from keras_sam.src.plan import StepPlan
+from keras_sam.src.probes import SingularPairs
 from keras_sam.src.replicas import Replicas
 from keras_sam.src.state import SAMState
 
@@ -58,6 +59,10 @@ class Clean(NamedTuple):
             gradient.
         others: pass 1's gradients (scaled shares) of the trainable
             variables outside the SAM gradient, by index.
+        pairs: nuSAM's singular pairs of the weight matrices' gradients
+            when pass 1 computed them instead of the gradients
+            (`probes.py`; `share` is then `[]`, `perturbed` and the
+            ascent `None`), else `None`.
     """
 
     share: list
@@ -69,6 +74,7 @@ class Clean(NamedTuple):
     finite: Any
     present: tuple[bool, ...]
     others: dict
+    pairs: SingularPairs | None = None
 
 
 class Branch(NamedTuple):
@@ -117,11 +123,16 @@ def gather(
     values: list,
     loss_scale,
     replicas: Replicas,
+    pairs: SingularPairs | None = None,
 ) -> Clean:
     """Pass 1's gradients as the method reads them, all-reduced where the
     step needs global values: `grads` is their mean over the micro-batches
     and `groups` each micro-batch's (`[grads]` for one), aligned with the
-    trainable variables, scaled shares, `None` where not differentiated."""
+    trainable variables, scaled shares, `None` where not differentiated;
+    or, with `pairs`, the singular pairs pass 1 gave instead of the weight
+    matrices' gradients (one replica, one micro-batch)."""
+    if pairs is not None:
+        return _gathered_pairs(plan, grads, pairs)
     gi, pi = plan.gradient_indices, plan.perturbed_indices
     position = {i: j for j, i in enumerate(gi)}
     share = unscaled(or_zeros(grads, values, gi), loss_scale)
@@ -146,6 +157,26 @@ def gather(
     others = {i: g for i, g in enumerate(grads) if i not in position}
     return Clean(
         share, total, perturbed, ascents, own, kept, finite, present, others
+    )
+
+
+def _gathered_pairs(plan: StepPlan, grads: list, pairs: SingularPairs):
+    present = [g is not None for g in grads]
+    for i, called in zip(plan.perturbed_indices, pairs.called):
+        present[i] = called
+    position = set(plan.gradient_indices)
+    others = {i: g for i, g in enumerate(grads) if i not in position}
+    return Clean(
+        share=[],
+        total=None,
+        perturbed=None,
+        ascents=[None],
+        own=False,
+        groups=None,
+        finite=pairs.finite(),
+        present=tuple(present),
+        others=others,
+        pairs=pairs,
     )
 
 
@@ -226,6 +257,23 @@ def perturb(
     weights = to_float32([values[i] for i in plan.perturbed_indices])
     eps = perturbation(plan.geometry, direction, gradients, weights, rho)
     return Dense(plan.perturbed_indices, eps), u
+
+
+def perturb_from_pairs(
+    plan: StepPlan, options: SAMOptions, pairs: SingularPairs, u: list, rho
+):
+    """`perturb` from the singular pairs that pass 1 computed (`u` is the
+    state's, kept where they are not finite)."""
+    u, v, scales = nuclear.rank_one_from_pairs(
+        pairs.u,
+        pairs.v,
+        pairs.sigma,
+        u,
+        rho,
+        normalized=options.geometry == "nuclear_norm",
+        finite=pairs.finite(),
+    )
+    return RankOne(plan.perturbed_indices, plan.matrices, u, v, scales), u
 
 
 def after_ascent(

@@ -17,6 +17,7 @@ from keras import ops
 
 from keras_sam.src import keras_internals, micro_batches, step
 from keras_sam.src.methods import schedule
+from keras_sam.src.probes import Probes, Run, SingularPairs
 from keras_sam.src.replicas import ONE_REPLICA, Replicas
 from keras_sam.src.state import SAMState
 
@@ -91,15 +92,17 @@ class SAMTrainer:
         inputs: list,
         loss_scale=None,
         replicas: Replicas = ONE_REPLICA,
+        pairs: SingularPairs | None = None,
     ) -> Update:
         """The SAM step between pass 1 and the base optimizer: `groups` are
         pass 1's gradients of each micro-batch (one: the batch), `loss`
         their mean loss at `values`, `inputs` what each micro-batch's pass 2
-        needs."""
+        needs, `pairs` nuSAM's singular pairs if pass 1 computed them
+        (`_probes`)."""
         plan, o = self._plan, self._options
         grads = micro_batches.mean_gradients(groups)
         clean = step.gather(
-            plan, o, grads, groups, values, loss_scale, replicas
+            plan, o, grads, groups, values, loss_scale, replicas, pairs
         )
         del groups  # eager backends: each micro-batch's is in `clean` now
         t = state.iterations - o.start_step
@@ -176,10 +179,16 @@ class SAMTrainer:
             )
         sums = None
         for j, (ascent, group) in enumerate(zip(clean.ascents, inputs)):
-            direction = step.direction(o, ascent, ema)
-            perturbation, u = step.perturb(
-                plan, o, direction, ascent, values, state.u, rho
-            )
+            if clean.pairs is None:
+                direction = step.direction(o, ascent, ema)
+                perturbation, u = step.perturb(
+                    plan, o, direction, ascent, values, state.u, rho
+                )
+            else:
+                direction = []
+                perturbation, u = step.perturb_from_pairs(
+                    plan, o, clean.pairs, state.u, rho
+                )
             run_values = perturbation.values(values)
             scope = perturbation.scope()
             del perturbation  # eager backends: no reference to eps in pass 2
@@ -211,6 +220,25 @@ class SAMTrainer:
         if own is not None:
             branch = branch._replace(gradients=own)
         return branch, differentiated
+
+    def _probes(self, replicas: Replicas = ONE_REPLICA) -> Probes | None:
+        """The probes with which pass 1 computes nuSAM's singular pairs
+        instead of the weight matrices' gradients, where the plan allows it
+        on one replica (`probes.py`); `None` otherwise. A backend without
+        custom gradients in Keras (torch) does not call it."""
+        if not self._plan.pairs_in_pass_one or replicas.count > 1:
+            return None
+        return Probes(self._plan.matrices, self._options.power_iterations)
+
+    def _differentiated(self, run: Run | None) -> list[int]:
+        """The variables pass 1 differentiates: `plan.clean_indices`, less
+        the weight matrices when a probed `run` gives their singular pairs
+        instead."""
+        clean = self._plan.clean_indices
+        if run is None or not run.exact:
+            return list(clean)
+        perturbed = set(self._plan.perturbed_indices)
+        return [i for i in clean if i not in perturbed]
 
     def _micro_batches(self, data) -> list:
         """`data` as `batch_splits` micro-batches (itself when 1)."""

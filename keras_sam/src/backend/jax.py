@@ -75,6 +75,15 @@ def _all_replicas(before: list, after: list, axis: str, reduce) -> list:
     )
 
 
+def _aligned(trainable: list, indices, gradients: list) -> list:
+    """`gradients` of the variables at `indices` as a list aligned with the
+    trainable variables, `None` elsewhere."""
+    grads = [None] * len(trainable)
+    for i, grad in zip(indices, gradients):
+        grads[i] = grad
+    return grads
+
+
 class JaxSAMTrainer(SAMTrainer):
     def train_step(self, state, data):
         self._check_plan()
@@ -131,14 +140,31 @@ class JaxSAMTrainer(SAMTrainer):
             )
             for micro_batch in self._micro_batches((x, y, sample_weight))
         ]
-        loss, groups, y_pred, new_non_trainable, metrics_values = (
-            self._pass_one(trainable, inputs)
-        )
         sam_state = self._state.from_values(
             self.non_trainable_variables, non_trainable
         )
+        probes = self._probes(replicas) if len(inputs) == 1 else None
+        if probes is None:
+            loss, groups, y_pred, new_non_trainable, metrics_values = (
+                self._pass_one(trainable, inputs)
+            )
+            pairs = None
+        else:
+            (loss, grads, y_pred, new_non_trainable, metrics_values), pairs = (
+                self._probed_pass_one(
+                    trainable, inputs[0], probes, sam_state.u, loss_scale
+                )
+            )
+            groups = [grads]
         update = self._sam_update(
-            groups, trainable, sam_state, loss, inputs, loss_scale, replicas
+            groups,
+            trainable,
+            sam_state,
+            loss,
+            inputs,
+            loss_scale,
+            replicas,
+            pairs,
         )
         return _Gradients(
             loss, y_pred, new_non_trainable, metrics_values, update
@@ -223,9 +249,9 @@ class JaxSAMTrainer(SAMTrainer):
         )
         return loss, groups, y_pred, non_trainable, metrics
 
-    def _micro_batch_pass_one(self, trainable, inputs: _PassInputs):
-        """As `keras.src.backend.jax.trainer` does it, differentiated with
-        respect to the variables whose clean gradient the step reads."""
+    def _loss_and_updates(self, trainable, inputs: _PassInputs):
+        """Pass 1's scaled loss and Keras' auxiliary values as a function of
+        the values of the variables it differentiates (`clean_indices`)."""
         clean = self._plan.clean_indices
 
         def loss_and_updates(clean_values):
@@ -244,14 +270,48 @@ class JaxSAMTrainer(SAMTrainer):
             )
             return scaled * inputs.share, aux
 
+        return loss_and_updates
+
+    def _micro_batch_pass_one(self, trainable, inputs: _PassInputs):
+        """As `keras.src.backend.jax.trainer` does it, differentiated with
+        respect to the variables whose clean gradient the step reads."""
+        clean = self._plan.clean_indices
         (_, aux), clean_grads = jax.value_and_grad(
-            loss_and_updates, has_aux=True
+            self._loss_and_updates(trainable, inputs), has_aux=True
         )([trainable[i] for i in clean])
-        grads = [None] * len(trainable)
-        for i, grad in zip(clean, clean_grads):
-            grads[i] = grad
-        loss, y_pred, non_trainable, metrics_values = aux
-        return loss, grads, y_pred, non_trainable, metrics_values
+        return (aux[0], _aligned(trainable, clean, clean_grads), *aux[1:])
+
+    def _probed_pass_one(
+        self, trainable, inputs: _PassInputs, probes, u, loss_scale
+    ):
+        """`_micro_batch_pass_one` with the weight matrices' layers run
+        through their probes: their singular pairs from its backward pass
+        instead of their gradients (which XLA then never computes), unless
+        a layer ran twice (`probes.py`)."""
+        clean = self._plan.clean_indices
+        loss_and_updates = self._loss_and_updates(trainable, inputs)
+
+        def probed(clean_values, probe_values):
+            with probes.scope(probe_values) as run:
+                runs.append(run)
+                return loss_and_updates(clean_values)
+
+        runs = []
+        scaled, backward, aux = jax.vjp(
+            probed,
+            [trainable[i] for i in clean],
+            probes.initial(u),
+            has_aux=True,
+        )
+        clean_grads, probe_grads = backward(jax.numpy.ones_like(scaled))
+        differentiated = self._differentiated(runs[0])
+        grads = _aligned(
+            trainable,
+            differentiated,
+            [g for i, g in zip(clean, clean_grads) if i in differentiated],
+        )
+        pairs = probes.pairs(probe_grads, runs[0], loss_scale)
+        return (aux[0], grads, *aux[1:]), pairs
 
     def _pass_two(self, values, scope, inputs: _PassInputs):
         def scaled_loss(values):

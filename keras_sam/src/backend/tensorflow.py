@@ -3,6 +3,7 @@ a `tf.distribute` strategy at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import weakref
 from typing import NamedTuple
@@ -122,8 +123,14 @@ class TensorFlowSAMTrainer(SAMTrainer):
         variables = self.trainable_variables
         values = [_read(v) for v in variables]
         non_trainable = [_read(v) for v in self.non_trainable_variables]
+        replicas, loss_scale = _replicas(), self._loss_scale()
+        state = self._state.read(snapshot=tf.identity)
+        pairs = None
         if self._options.batch_splits == 1:
-            loss, grads, y_pred = self._pass_one(x, y, sample_weight)
+            probes = self._probes(replicas)
+            loss, grads, y_pred, pairs = self._pass_one(
+                x, y, sample_weight, probes, state.u, loss_scale
+            )
             groups = [grads]
             metrics = [_read(v) for v in self.metrics_variables]
             inputs = [_PassInputs(non_trainable, metrics, x, y, sample_weight)]
@@ -137,13 +144,7 @@ class TensorFlowSAMTrainer(SAMTrainer):
                 values, inputs, x
             )
         update = self._sam_update(
-            groups,
-            values,
-            self._state.read(snapshot=tf.identity),
-            loss,
-            inputs,
-            self._loss_scale(),
-            _replicas(),
+            groups, values, state, loss, inputs, loss_scale, replicas, pairs
         )
         learning_rate = self._learning_rate()
         self.optimizer.apply(update.gradients, variables)
@@ -180,26 +181,41 @@ class TensorFlowSAMTrainer(SAMTrainer):
             # LossScaleOptimizer's scale is its variable, not a constant.
             self.optimizer.build(self.trainable_variables)
 
-    def _pass_one(self, x, y, sample_weight):
-        """As `keras.src.backend.tensorflow.trainer` does it."""
+    def _pass_one(
+        self, x, y, sample_weight, probes=None, u=(), loss_scale=None
+    ):
+        """As `keras.src.backend.tensorflow.trainer` does it; with `probes`,
+        the weight matrices' layers run through them, and pass 1 gives
+        their singular pairs instead of their gradients unless a layer ran
+        twice (`probes.py`): `(loss, gradients, y_pred, pairs)`."""
+        probe_values = [] if probes is None else probes.initial(u)
+        scope = contextlib.nullcontext()
+        if probes is not None:
+            scope = probes.scope(probe_values)
         with tf.GradientTape() as tape:
-            if keras_internals.call_has_training_arg(self):
-                y_pred = self(x, training=True)
-            else:
-                y_pred = self(x)
+            tape.watch(probe_values)
+            with scope as run:
+                if keras_internals.call_has_training_arg(self):
+                    y_pred = self(x, training=True)
+                else:
+                    y_pred = self(x)
             loss = keras_internals.compute_loss(
                 self, x, y, y_pred, sample_weight
             )
             self._track_loss(loss, x)
             scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
-        clean = self._plan.clean_indices
+        clean = self._differentiated(run)
+        gradients = tape.gradient(
+            scaled_loss, [variables[i] for i in clean] + probe_values
+        )
         grads = [None] * len(variables)
-        for i, g in zip(
-            clean, tape.gradient(scaled_loss, [variables[i] for i in clean])
-        ):
+        for i, g in zip(clean, gradients):
             grads[i] = _dense(g)
-        return loss, grads, y_pred
+        pairs = None
+        if probes is not None:
+            pairs = probes.pairs(gradients[len(clean) :], run, loss_scale)
+        return loss, grads, y_pred, pairs
 
     def _track_loss(self, loss, x) -> None:
         """The loss tracker's update with a batch's loss, as Keras' does."""

@@ -97,8 +97,11 @@ class TorchSAMTrainer(SAMTrainer):
         rng = _rng_snapshot()
         values = [v.value.detach() for v in variables]
         metrics = [v.value for v in self.metrics_variables]
+        state, loss_scale, pairs = self._state.read(), self._loss_scale(), None
         if self._options.batch_splits == 1:
-            loss, grads, y_pred = self._pass_one(x, y, sample_weight)
+            loss, grads, y_pred, pairs = self._pass_one(
+                x, y, sample_weight, self._probes(), state.u, loss_scale
+            )
             groups = [grads]
             inputs = [
                 _PassInputs(non_trainable, metrics, rng, x, y, sample_weight)
@@ -115,10 +118,11 @@ class TorchSAMTrainer(SAMTrainer):
             update = self._sam_update(
                 groups,
                 values,
-                self._state.read(),
+                state,
                 loss.detach(),
                 inputs,
-                self._loss_scale(),
+                loss_scale,
+                pairs=pairs,
             )
             learning_rate = self._learning_rate()
             self.optimizer.apply(update.gradients, variables)
@@ -144,27 +148,42 @@ class TorchSAMTrainer(SAMTrainer):
         direction.clear()
         grads.clear()
 
-    def _pass_one(self, x, y, sample_weight):
+    def _pass_one(
+        self, x, y, sample_weight, probes=None, u=(), loss_scale=None
+    ):
         """As `keras.src.backend.torch.trainer` does it, differentiated with
-        respect to the variables whose clean gradient the step reads."""
-        if keras_internals.call_has_training_arg(self):
-            y_pred = self(x, training=True)
-        else:
-            y_pred = self(x)
+        respect to the variables whose clean gradient the step reads; with
+        `probes`, the weight matrices' layers run through them, and pass 1
+        gives their singular pairs instead of their gradients unless a
+        layer ran twice (`probes.py`): `(loss, gradients, y_pred, pairs)`.
+        """
+        probe_values, scope = [], contextlib.nullcontext()
+        if probes is not None:
+            probe_values = [p.requires_grad_() for p in probes.initial(u)]
+            scope = probes.scope(probe_values)
+        with scope as run:
+            if keras_internals.call_has_training_arg(self):
+                y_pred = self(x, training=True)
+            else:
+                y_pred = self(x)
         self.zero_grad()
         loss = keras_internals.compute_loss(self, x, y, y_pred, sample_weight)
         self._track_loss(loss, x)
         variables = self.trainable_variables
-        clean = self._plan.clean_indices
+        clean = self._differentiated(run)
         self.optimizer.scale_loss(loss).backward(
-            inputs=[variables[i].value for i in clean]
+            inputs=[variables[i].value for i in clean] + probe_values
         )
         grads = [None] * len(variables)
         for i in clean:
             # Only `grads` holds pass 1's gradient (`.grad` is Keras' next
             # `zero_grad()`'s anyway), so that it can be freed early.
             grads[i], variables[i].value.grad = variables[i].value.grad, None
-        return loss, grads, y_pred
+        pairs = None
+        if probes is not None:
+            gradients = [p.grad for p in probe_values]
+            pairs = probes.pairs(gradients, run, loss_scale)
+        return loss, grads, y_pred, pairs
 
     def _track_loss(self, loss, x) -> None:
         """The loss tracker's update with a batch's loss, as Keras' does."""

@@ -19,6 +19,7 @@ import keras
 from keras import ops
 
 from keras_sam.src import keras_internals
+from keras_sam.src.methods import nuclear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,13 +96,122 @@ class WeightMatrix:
                 # The scale on `v`, not on the layer's output.
                 ops.cast(ops.reshape(scale * v, col_shape), dtype),
             )
-            if layer.bias is not None:
-                x = ops.add(x, layer.bias)
-            if layer.activation is not None:
-                x = layer.activation(x)
-            return x
+            return _bias_and_activation(layer, x)
 
         return call
+
+    @property
+    def flat(self) -> bool:
+        """Whether the layer is a matrix product of its flattened input
+        and the kernel's matrix view (every Dense layer, and EinsumDense
+        layers whose input axes come last in `x` and first in the
+        kernel)."""
+        x = _einsum_parts(self.equation)[0]
+        rank = len(x.replace("...", "")) + ("..." in x)
+        return _flat(self.equation, *factor_equations(self.equation, rank))
+
+    def probed_call(self, probe, iterations: int, run) -> Callable:
+        """The layer's `call`, its product `x W` through `probed_product`:
+        the same output, and a backward pass that also gives Alg. 2's
+        `(u, v, sigma)` of the kernel's gradient as the gradient of
+        `probe` (see `probed_product`). Flat layers only."""
+        layer = self.layer
+
+        def call(inputs, training=None):
+            x = probed_product(
+                inputs, layer.kernel, self.view, probe, iterations, run
+            )
+            return _bias_and_activation(layer, x)
+
+        return call
+
+
+def _bias_and_activation(layer, x):
+    """The rest of `Dense.call` and `EinsumDense.call` after the product."""
+    if layer.bias is not None:
+        x = ops.add(x, layer.bias)
+    if layer.activation is not None:
+        x = layer.activation(x)
+    return x
+
+
+def probed_product(
+    x, kernel, view: MatrixView, probe, iterations: int, run=None
+):
+    """`x W` for a flat layer (`WeightMatrix.flat`), whose backward pass
+    also runs Alg. 2 on the kernel's gradient `A = x^T dy` from the
+    flattened input and output gradient, without forming `A`
+    (`nuclear.outer_sum_pair`), and gives `concat(u, v, [sigma])` as the
+    gradient of `probe`. `probe` is a float32 vector of `rows + cols + 1`
+    entries whose first `rows` are the warm start `u`; the other entries
+    are not read. The gradients of `x` and `W` are the usual ones, so a
+    pass that differentiates `W` instead of `probe` is an ordinary pass;
+    a pass that does not leaves `W`'s to the compiler to drop (JAX,
+    TensorFlow), or skips it where `run.exact` (torch, eager).
+    """
+    rows, cols = view.rows, view.cols
+    rank = len(x.shape)
+    col_shape = tuple(view.shape[a] for a in view.col_axes)
+    shape = (*ops.shape(x)[: rank - len(view.row_axes)], *col_shape)
+    flat = ops.reshape(x, (-1, rows))
+    matrix = ops.cast(ops.reshape(kernel, (rows, cols)), x.dtype)
+    if _TORCH_PROBED is not None:
+        out = _TORCH_PROBED(flat, matrix, probe, iterations, run)
+        return ops.reshape(out, shape)
+
+    @ops.custom_gradient
+    def product(flat, matrix, probe):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return (
+                ops.matmul(upstream, ops.transpose(matrix)),
+                ops.matmul(ops.transpose(flat), upstream),
+                _probe_gradient(flat, upstream, probe, iterations),
+            )
+
+        return ops.matmul(flat, matrix), grad
+
+    return ops.reshape(product(flat, matrix, probe), shape)
+
+
+def _probe_gradient(flat, upstream, probe, iterations: int):
+    """`concat(u, v, [sigma])` of Alg. 2 on `flat^T upstream`, in float32,
+    warm-started from the probe's `u`."""
+    u, v, sigma = nuclear.outer_sum_pair(
+        ops.cast(flat, "float32"),
+        ops.cast(upstream, "float32"),
+        probe[: flat.shape[1]],
+        iterations,
+    )
+    return ops.concatenate([u, v, ops.reshape(sigma, (1,))])
+
+
+def _torch_probed() -> Callable:
+    """`probed_product`'s matrix product as a torch autograd function,
+    which skips the kernel's gradient where `run.exact`."""
+    import torch
+
+    class ProbedProduct(torch.autograd.Function):
+        @staticmethod
+        def forward(x, w, probe, iterations, run):
+            return x @ w
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            x, w, probe, ctx.iterations, ctx.run = inputs
+            ctx.save_for_backward(x, w, probe)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w, probe = ctx.saved_tensors
+            needs_x, needs_w = ctx.needs_input_grad[:2]
+            gx = g @ w.T if needs_x else None
+            gw = x.T @ g if needs_w and not ctx.run.exact else None
+            gp = _probe_gradient(x, g, probe, ctx.iterations)
+            return gx, gw, gp, None, None
+
+    return ProbedProduct.apply
 
 
 def rank_one_product(equation: str, x, kernel, u, v):
@@ -165,6 +275,7 @@ def _torch_rank_one() -> Callable:
 _TORCH_RANK_ONE = (
     _torch_rank_one() if keras.backend.backend() == "torch" else None
 )
+_TORCH_PROBED = _torch_probed() if keras.backend.backend() == "torch" else None
 
 
 @functools.cache

@@ -36,18 +36,49 @@ def initial_vectors(row_counts: Sequence[int]) -> list[np.ndarray]:
     return vectors
 
 
-def top_singular_pair(matrix, u, iterations: int):
-    """Alg. 2: `iterations` warm-started power iterations from `u`:
+def power_iteration(product, transposed_product, u, iterations: int):
+    """Alg. 2 for the matrix `A` that `product(v) = A v` and
+    `transposed_product(u) = A^T u` apply: `iterations` warm-started power
+    iterations from `u`,
 
     `v = A^T u / (||A^T u|| + tau)`, then `u = A v / (||A v|| + tau)`.
     """
     v = None
     for _ in range(iterations):
-        v = ops.matmul(u, matrix)  # A^T u, as a row vector
+        v = transposed_product(u)
         v = v / (ops.sqrt(ops.sum(ops.square(v))) + TAU)
-        u = ops.matmul(matrix, v)
+        u = product(v)
         u = u / (ops.sqrt(ops.sum(ops.square(u))) + TAU)
     return u, v
+
+
+def top_singular_pair(matrix, u, iterations: int):
+    """Alg. 2 on a matrix `A` held as a tensor."""
+    return power_iteration(
+        lambda v: ops.matmul(matrix, v),
+        lambda u: ops.matmul(u, matrix),  # A^T u, as a row vector
+        u,
+        iterations,
+    )
+
+
+def outer_sum_pair(x, dy, u, iterations: int):
+    """Alg. 2 on `A = x^T dy` without forming `A`: the gradient of a layer's
+    kernel from its flattened input `x` `(N, rows)` and output gradient
+    `dy` `(N, cols)`, so `A v = x^T (dy v)` and `A^T u = dy^T (x u)`, two
+    products of `N (rows + cols)` each.
+
+    Returns:
+        `(u, v, sigma)`, `sigma = u^T A v` (nuSAM-Norm's singular value).
+    """
+
+    def product(v):
+        return ops.matmul(ops.matmul(dy, v), x)
+
+    u, v = power_iteration(
+        product, lambda u: ops.matmul(ops.matmul(x, u), dy), u, iterations
+    )
+    return u, v, ops.sum(u * product(v))
 
 
 def rank_one(
@@ -57,12 +88,8 @@ def rank_one(
     iterations: int,
     normalized: bool,
 ):
-    """The factors of `eps_i = scale_i * u_i v_i^T` for each matrix `A_i`.
-
-    `nuclear` (Alg. 1): `scale_i = rho`, each matrix independently.
-    `nuclear_norm` (App. C.1, eq. 21): `sigma_i = u_i^T A_i v_i`,
-    `scale_i = rho * sigma_i / (sqrt(sum_j sigma_j^2) + delta)`.
-    A non-finite direction gives `scale = 0` and keeps the vectors.
+    """The factors of `eps_i = scale_i * u_i v_i^T` for each matrix `A_i`
+    (`rank_one_from_pairs`, with Alg. 2 on each matrix).
 
     Returns:
         `(u, v, scales)`: lists, one entry per matrix.
@@ -70,17 +97,48 @@ def rank_one(
     pairs = [
         top_singular_pair(a, u, iterations) for a, u in zip(matrices, vectors)
     ]
-    us = [u for u, _ in pairs]
-    vs = [v for _, v in pairs]
+    sigmas = []
     if normalized:
         sigmas = [
             ops.sum(u * ops.matmul(a, v)) for a, (u, v) in zip(matrices, pairs)
         ]
-        total = ops.sqrt(sum(s * s for s in sigmas)) + DELTA
+    return rank_one_from_pairs(
+        [u for u, _ in pairs],
+        [v for _, v in pairs],
+        sigmas,
+        vectors,
+        rho,
+        normalized,
+        all_finite(matrices),
+    )
+
+
+def rank_one_from_pairs(
+    us: Sequence,
+    vs: Sequence,
+    sigmas: Sequence,
+    vectors: Sequence,
+    rho,
+    normalized: bool,
+    finite,
+):
+    """The factors of `eps_i = scale_i * u_i v_i^T` from each matrix's top
+    singular pair `(u_i, v_i)` and `sigma_i = u_i^T A_i v_i`.
+
+    `nuclear` (Alg. 1): `scale_i = rho`, each matrix independently.
+    `nuclear_norm` (App. C.1, eq. 21):
+    `scale_i = rho * sigma_i / (sqrt(sum_j sigma_j^2) + delta)`.
+    Where `finite` is false (a direction that is not finite) every scale is
+    0 and the state's `vectors` stay.
+
+    Returns:
+        `(u, v, scales)`: lists, one entry per matrix.
+    """
+    if normalized:
+        total = ops.sqrt(ops.sum(ops.square(ops.stack(sigmas)))) + DELTA
         scales = [rho * s / total for s in sigmas]
     else:
-        scales = [rho + ops.zeros((), "float32") for _ in matrices]
-    finite = all_finite(matrices)
+        scales = [rho + ops.zeros((), "float32") for _ in us]
     us = [ops.where(finite, new, old) for new, old in zip(us, vectors)]
     scales = [ops.where(finite, s, 0.0) for s in scales]
     vs = [ops.where(finite, v, 0.0) for v in vs]
