@@ -90,11 +90,14 @@ def test_mixed_float16_trains_close_to_float32_with_unscaled_state(method):
         np.testing.assert_allclose(a, b, atol=2e-2, rtol=5e-2)
 
 
-@pytest.mark.parametrize("method", ["fisher", "fsam", "looklayersam"])
+@pytest.mark.parametrize(
+    "method", ["fisher", "fsam", "looklayersam", "nusam_norm"]
+)
 def test_loss_scale_factor_leaves_the_method_unchanged(method):
     """A base optimizer's `loss_scale_factor` scales both passes' gradients
     like a LossScaleOptimizer does: the method's math and state (Fisher's
-    T, F-SAM's EMA, LayerSAM's ratio, LookSAM's g_v) stay unscaled."""
+    T, F-SAM's EMA, LayerSAM's ratio, LookSAM's g_v, nuSAM's singular
+    values) stay unscaled."""
     x, y = toy_classification(32)
     models = []
     for factor in (None, 1024.0):

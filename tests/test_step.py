@@ -12,6 +12,7 @@ from keras_sam.src.methods.geometry import l2
 from keras_sam.src.options import resolve_options
 from keras_sam.src.perturbation import Dense
 from keras_sam.src.plan import StepPlan
+from keras_sam.src.probes import SingularPairs
 from keras_sam.src.replicas import ONE_REPLICA, Replicas
 from keras_sam.src.state import SAMState
 
@@ -247,3 +248,60 @@ def test_global_g_v_sums_the_replicas_shares_after_an_ascent(ascent):
     # One replica: the branch's g_v as it is.
     (alone,) = step.global_g_v(options, share, old, ascent, ONE_REPLICA)
     np.testing.assert_allclose(ops.convert_to_numpy(alone), [1.0, -2.0])
+
+
+def _pairs(sigma=(3.0, 4.0), called=(True, False)):
+    """Singular pairs of two 2 x 2 weight matrices (variables 0 and 1)."""
+    u = [np.array([1.0, 0.0]), np.array([0.0, 1.0])]
+    v = [np.array([0.6, 0.8]), np.array([1.0, 0.0])]
+    return SingularPairs(_t(u), _t(v), _t(list(sigma)), called)
+
+
+def _gather_pairs(pairs: SingularPairs):
+    grads = _t([None, None, None, GRADS[3]])
+    options = resolve_options("nusam")
+    return step.gather(
+        PLAN, options, grads, [grads], _t(VALUES), None, ONE_REPLICA, pairs
+    )
+
+
+def test_gather_with_singular_pairs_reads_no_gradient():
+    """When pass 1 gave nuSAM's singular pairs instead of the weight
+    matrices' gradients, the step reads no gradient of them; a matrix has a
+    gradient if its layer ran, and the variables outside the SAM gradient
+    keep pass 1's."""
+    clean = _gather_pairs(_pairs())
+    assert clean.share == [] and clean.perturbed is None
+    assert clean.present == (True, False, False, True)
+    assert list(clean.others) == [3]
+    assert bool(ops.convert_to_numpy(clean.finite))
+    clean = _gather_pairs(_pairs(sigma=(np.nan, 4.0)))
+    assert not bool(ops.convert_to_numpy(clean.finite))
+
+
+@pytest.mark.parametrize("method", ["nusam", "nusam_norm"])
+def test_perturbation_from_singular_pairs(method):
+    """nuSAM: `eps_i = rho u_i v_i^T`; nuSAM-Norm: `rho sigma_i /
+    ||sigma|| u_i v_i^T` (sigma = (3, 4): scales 0.6 rho and 0.8 rho)."""
+    pairs = _pairs()
+    clean = step.Clean(
+        [],
+        None,
+        None,
+        [None],
+        False,
+        None,
+        ops.convert_to_tensor(True),
+        (True, True, False, False),
+        {},
+        pairs,
+    )
+    plan = dataclasses.replace(PLAN, perturbed_indices=(0, 1))
+    state_u = _t([np.ones(2), np.ones(2)])
+    perturbation, u = step.perturb_from_pairs(
+        plan, resolve_options(method), clean, state_u, 0.5
+    )
+    expected = [0.5, 0.5] if method == "nusam" else [0.3, 0.4]
+    np.testing.assert_allclose(_np(perturbation.scales), expected, rtol=1e-6)
+    np.testing.assert_allclose(_flat(_np(u)), _flat(_np(pairs.u)))
+    np.testing.assert_allclose(_flat(_np(perturbation.v)), _flat(_np(pairs.v)))

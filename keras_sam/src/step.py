@@ -260,10 +260,11 @@ def perturb(
 
 
 def perturb_from_pairs(
-    plan: StepPlan, options: SAMOptions, pairs: SingularPairs, u: list, rho
+    plan: StepPlan, options: SAMOptions, clean: Clean, u: list, rho
 ):
-    """`perturb` from the singular pairs that pass 1 computed (`u` is the
-    state's, kept where they are not finite)."""
+    """`perturb` from the singular pairs that pass 1 computed
+    (`clean.pairs`); `u` is the state's, kept if they are not finite."""
+    pairs = clean.pairs
     u, v, scales = nuclear.rank_one_from_pairs(
         pairs.u,
         pairs.v,
@@ -271,7 +272,7 @@ def perturb_from_pairs(
         u,
         rho,
         normalized=options.geometry == "nuclear_norm",
-        finite=pairs.finite(),
+        finite=clean.finite,
     )
     return RankOne(plan.perturbed_indices, plan.matrices, u, v, scales), u
 

@@ -187,7 +187,7 @@ class SAMTrainer:
             else:
                 direction = []
                 perturbation, u = step.perturb_from_pairs(
-                    plan, o, clean.pairs, state.u, rho
+                    plan, o, clean, state.u, rho
                 )
             run_values = perturbation.values(values)
             scope = perturbation.scope()

@@ -143,19 +143,15 @@ class JaxSAMTrainer(SAMTrainer):
         sam_state = self._state.from_values(
             self.non_trainable_variables, non_trainable
         )
-        probes = self._probes(replicas) if len(inputs) == 1 else None
-        if probes is None:
-            loss, groups, y_pred, new_non_trainable, metrics_values = (
-                self._pass_one(trainable, inputs)
+        loss, groups, y_pred, new_non_trainable, metrics_values, pairs = (
+            self._pass_one(
+                trainable,
+                inputs,
+                self._probes(replicas),
+                sam_state.u,
+                loss_scale,
             )
-            pairs = None
-        else:
-            (loss, grads, y_pred, new_non_trainable, metrics_values), pairs = (
-                self._probed_pass_one(
-                    trainable, inputs[0], probes, sam_state.u, loss_scale
-                )
-            )
-            groups = [grads]
+        )
         update = self._sam_update(
             groups,
             trainable,
@@ -232,22 +228,30 @@ class JaxSAMTrainer(SAMTrainer):
     def _stateless(values, variables):
         return keras.StatelessScope(state_mapping=list(zip(variables, values)))
 
-    def _pass_one(self, trainable, inputs: list):
+    def _pass_one(
+        self, trainable, inputs: list, probes=None, u=(), loss_scale=None
+    ):
         """Pass 1 of each micro-batch, each from the state before the step,
-        joined: the mean loss, each micro-batch's gradients, the predictions
-        and the non-trainable and metric values after all of them
-        (`micro_batches`)."""
+        joined: the mean loss, each micro-batch's gradients, the predictions,
+        the non-trainable and metric values after all of them
+        (`micro_batches`), and the singular pairs of a pass with `probes`
+        (one micro-batch; `None` without)."""
+        if probes is not None:
+            (loss, grads, *rest), pairs = self._probed_pass_one(
+                trainable, inputs[0], probes, u, loss_scale
+            )
+            return (loss, [grads], *rest, pairs)
         passes = [self._micro_batch_pass_one(trainable, i) for i in inputs]
         groups = [grads for _, grads, *_ in passes]
         if len(passes) == 1:
             loss, _, y_pred, non_trainable, metrics = passes[0]
-            return loss, groups, y_pred, non_trainable, metrics
+            return loss, groups, y_pred, non_trainable, metrics, None
         loss, y_pred, non_trainable, metrics = micro_batches.join(
             inputs[0].non_trainable,
             inputs[0].metrics,
             [(loss_j, y_j, *effects) for loss_j, _, y_j, *effects in passes],
         )
-        return loss, groups, y_pred, non_trainable, metrics
+        return loss, groups, y_pred, non_trainable, metrics, None
 
     def _loss_and_updates(self, trainable, inputs: _PassInputs):
         """Pass 1's scaled loss and Keras' auxiliary values as a function of

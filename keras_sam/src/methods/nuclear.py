@@ -42,14 +42,20 @@ def power_iteration(product, transposed_product, u, iterations: int):
     iterations from `u`,
 
     `v = A^T u / (||A^T u|| + tau)`, then `u = A v / (||A v|| + tau)`.
+
+    Returns:
+        `(u, v, sigma)`, `sigma = u^T A v` (nuSAM-Norm's singular value),
+        read off the last iteration: `||A v||^2 / (||A v|| + tau)`.
     """
-    v = None
+    v = sigma = None
     for _ in range(iterations):
         v = transposed_product(u)
         v = v / (ops.sqrt(ops.sum(ops.square(v))) + TAU)
         u = product(v)
-        u = u / (ops.sqrt(ops.sum(ops.square(u))) + TAU)
-    return u, v
+        norm = ops.sqrt(ops.sum(ops.square(u)))
+        u = u / (norm + TAU)
+        sigma = norm * norm / (norm + TAU)
+    return u, v, sigma
 
 
 def top_singular_pair(matrix, u, iterations: int):
@@ -67,18 +73,13 @@ def outer_sum_pair(x, dy, u, iterations: int):
     kernel from its flattened input `x` `(N, rows)` and output gradient
     `dy` `(N, cols)`, so `A v = x^T (dy v)` and `A^T u = dy^T (x u)`, two
     products of `N (rows + cols)` each.
-
-    Returns:
-        `(u, v, sigma)`, `sigma = u^T A v` (nuSAM-Norm's singular value).
     """
-
-    def product(v):
-        return ops.matmul(ops.matmul(dy, v), x)
-
-    u, v = power_iteration(
-        product, lambda u: ops.matmul(ops.matmul(x, u), dy), u, iterations
+    return power_iteration(
+        lambda v: ops.matmul(ops.matmul(dy, v), x),
+        lambda u: ops.matmul(ops.matmul(x, u), dy),
+        u,
+        iterations,
     )
-    return u, v, ops.sum(u * product(v))
 
 
 def rank_one(
@@ -97,19 +98,8 @@ def rank_one(
     pairs = [
         top_singular_pair(a, u, iterations) for a, u in zip(matrices, vectors)
     ]
-    sigmas = []
-    if normalized:
-        sigmas = [
-            ops.sum(u * ops.matmul(a, v)) for a, (u, v) in zip(matrices, pairs)
-        ]
     return rank_one_from_pairs(
-        [u for u, _ in pairs],
-        [v for _, v in pairs],
-        sigmas,
-        vectors,
-        rho,
-        normalized,
-        all_finite(matrices),
+        *zip(*pairs), vectors, rho, normalized, all_finite(matrices)
     )
 
 
