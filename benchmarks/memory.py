@@ -10,7 +10,7 @@ the peak device memory (TensorFlow and torch reset it; JAX cannot, so its
 device column is the peak since the process started). On the CPU the
 "step" column is the step's own memory as JAX and TensorFlow account for
 it, apart from the compiled program and the allocators' caches that the
-RSS also holds (`_StepMemory`). Each cell is the
+RSS also holds (`_StepMemory`; on TensorFlow the median step). Each cell is the
 median of `--repeats` processes (TensorFlow's executor runs ready ops in a
 varying order, so its peak varies from run to run). The table reports each
 method's extra peak over the base optimizer as a fraction of the parameter
@@ -106,30 +106,37 @@ class _StepMemory:
     apart from what else the process holds (the compiled program, the
     allocators' caches): on JAX the compiled step's temporaries
     (`memory_analysis()`: the buffers a device would allocate for them),
-    on TensorFlow its CPU allocator's peak during the steps above the
-    memory in use before them; `None` on torch (eager, so its RSS is the
-    step's) and on a GPU (the device column)."""
+    on TensorFlow its CPU allocator's peak during a step above the memory
+    in use before it, the median over the steps (its executor runs ready
+    operations in a varying order, so single steps of the same program
+    vary by up to 0.4x the parameter bytes); `None` on torch (eager, so its
+    RSS is the step's) and on a GPU (the device column)."""
 
     def __init__(self):
         import keras
 
         self.backend = keras.backend.backend()
-        self.cpu = not _on_gpu(self.backend)
-        if self.cpu and self.backend == "tensorflow":
-            import tensorflow as tf
+        self.counted = not _on_gpu(self.backend) and self.backend != "torch"
+        self.peaks = []
 
-            tf.config.experimental.reset_memory_stats("CPU:0")
-            info = tf.config.experimental.get_memory_info("CPU:0")
-            self.before = info["current"]
+    def run(self, step) -> None:
+        """Runs `step()`, counting its peak on TensorFlow."""
+        if not (self.counted and self.backend == "tensorflow"):
+            step()
+            return
+        import tensorflow as tf
+
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        step()
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+        self.peaks.append(peak - before)
 
     def measure(self, trainer, x, y) -> float | None:
-        if not self.cpu or self.backend == "torch":
+        if not self.counted:
             return None
         if self.backend == "tensorflow":
-            import tensorflow as tf
-
-            info = tf.config.experimental.get_memory_info("CPU:0")
-            return float(info["peak"] - self.before)
+            return float(statistics.median(self.peaks))
         import jax
 
         state = tuple(
@@ -201,7 +208,7 @@ def worker(method: str, args) -> None:
         f.write("5")  # reset the peak-RSS mark to the current RSS
     start = time.perf_counter()
     for _ in range(args.steps):
-        trainer.train_on_batch(x, y)
+        step_memory.run(lambda: trainer.train_on_batch(x, y))
     seconds = (time.perf_counter() - start) / args.steps
     peak = _status("VmHWM")
     print(

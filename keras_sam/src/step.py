@@ -259,6 +259,26 @@ def perturb(
     return Dense(plan.perturbed_indices, eps), u
 
 
+def ascent_perturbation(
+    ascent: list | None,
+    plan: StepPlan,
+    options: SAMOptions,
+    clean: Clean,
+    ema: list,
+    values: list,
+    u: list,
+    rho,
+) -> tuple:
+    """The perturbation along one `ascent` (a list of `clean.ascents`), the
+    fan-in vectors after it and the direction it followed: `perturb` along
+    `direction`, or `perturb_from_pairs` (direction `[]`) when pass 1 gave
+    singular pairs."""
+    if clean.pairs is not None:
+        return (*perturb_from_pairs(plan, options, clean, u, rho), [])
+    along = direction(options, ascent, ema)
+    return (*perturb(plan, options, along, ascent, values, u, rho), along)
+
+
 def perturb_from_pairs(
     plan: StepPlan, options: SAMOptions, clean: Clean, u: list, rho
 ):

@@ -115,20 +115,11 @@ class SAMTrainer:
         if plan.ascends_every_step:
             branch, differentiated = self._ascend(*args, loss_scale)
         else:
+            reuse = (plan, o, clean, grads, values, state, active)
             branch = ops.cond(
                 ascent,
                 lambda: self._ascend(*args, loss_scale)[0],
-                lambda: step.reuse(
-                    plan,
-                    o,
-                    clean,
-                    grads,
-                    values,
-                    state,
-                    active,
-                    loss_scale,
-                    replicas,
-                ),
+                lambda: step.reuse(*reuse, loss_scale, replicas),
             )
             differentiated = {}
         # Replicas synchronise outside the conditional: MirroredStrategy
@@ -165,30 +156,14 @@ class SAMTrainer:
         plan, o = self._plan, self._options
         t = state.iterations - o.start_step
         rho = schedule.rho_at(o.rho, ops.maximum(t, 0))
+        args = (plan, o, clean, ema, values, state.u, rho)
         global_u = None
         if plan.matrices and clean.own:
             # The state's u follows the global gradient.
-            _, global_u = step.perturb(
-                plan,
-                o,
-                step.direction(o, clean.perturbed, ema),
-                clean.perturbed,
-                values,
-                state.u,
-                rho,
-            )
+            _, global_u, _ = step.ascent_perturbation(clean.perturbed, *args)
         sums = None
         for j, (ascent, group) in enumerate(zip(clean.ascents, inputs)):
-            if clean.pairs is None:
-                direction = step.direction(o, ascent, ema)
-                perturbation, u = step.perturb(
-                    plan, o, direction, ascent, values, state.u, rho
-                )
-            else:
-                direction = []
-                perturbation, u = step.perturb_from_pairs(
-                    plan, o, clean, state.u, rho
-                )
+            perturbation, u, direction = step.ascent_perturbation(ascent, *args)
             run_values = perturbation.values(values)
             scope = perturbation.scope()
             del perturbation  # eager backends: no reference to eps in pass 2

@@ -135,9 +135,7 @@ def _bias_and_activation(layer, x):
     return x
 
 
-def probed_product(
-    x, kernel, view: MatrixView, probe, iterations: int, run=None
-):
+def probed_product(x, kernel, view: MatrixView, probe, iterations: int, run):
     """`x W` for a flat layer (`WeightMatrix.flat`), whose backward pass
     also runs Alg. 2 on the kernel's gradient `A = x^T dy` from the
     flattened input and output gradient, without forming `A`
@@ -147,7 +145,8 @@ def probed_product(
     are not read. The gradients of `x` and `W` are the usual ones, so a
     pass that differentiates `W` instead of `probe` is an ordinary pass;
     a pass that does not leaves `W`'s to the compiler to drop (JAX,
-    TensorFlow), or skips it where `run.exact` (torch, eager).
+    TensorFlow), or skips it where its `run` (`probes.Run`) is exact
+    (torch, eager).
     """
     rows, cols = view.rows, view.cols
     rank = len(x.shape)
