@@ -137,17 +137,20 @@ def make_plan(
         ascends_every_step=every_step,
         clean_indices=tuple(clean),
         keeps_gradient=keeps_gradient,
-        pairs_in_pass_one=_pairs_in_pass_one(options, matrices, every_step),
+        pairs_in_pass_one=_pairs_in_pass_one(
+            options, matrices, every_step and not keeps_gradient
+        ),
     )
 
 
 def _pairs_in_pass_one(
-    options: SAMOptions, matrices: tuple[WeightMatrix, ...], every_step: bool
+    options: SAMOptions,
+    matrices: tuple[WeightMatrix, ...],
+    reads_only_the_ascent: bool,
 ) -> bool:
     return (
         bool(matrices)
-        and every_step
-        and options.descent == "sam"
+        and reads_only_the_ascent
         and not options.friendly
         and options.batch_splits == 1
         and options.ascent == "global"

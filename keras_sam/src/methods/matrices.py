@@ -126,6 +126,19 @@ class WeightMatrix:
         return call
 
 
+def _as_matrices(x, kernel, row_rank: int) -> tuple:
+    """A flat layer's input and kernel as the matrices `(N, rows)` and
+    `(rows, cols)` of its product (the kernel's first `row_rank` axes are
+    its rows), and the shape of the product's output: the leading axes of
+    `x` (as tensors where unknown: a tf.function's batch), then the
+    kernel's columns."""
+    rows = math.prod(kernel.shape[:row_rank])
+    cols = kernel.shape[row_rank:]
+    shape = (*ops.shape(x)[: len(x.shape) - row_rank], *cols)
+    flat = ops.reshape(x, (-1, rows))
+    return flat, ops.reshape(kernel, (rows, math.prod(cols))), shape
+
+
 def _bias_and_activation(layer, x):
     """The rest of `Dense.call` and `EinsumDense.call` after the product."""
     if layer.bias is not None:
@@ -148,12 +161,8 @@ def probed_product(x, kernel, view: MatrixView, probe, iterations: int, run):
     TensorFlow), or skips it where its `run` (`probes.Run`) is exact
     (torch, eager).
     """
-    rows, cols = view.rows, view.cols
-    rank = len(x.shape)
-    col_shape = tuple(view.shape[a] for a in view.col_axes)
-    shape = (*ops.shape(x)[: rank - len(view.row_axes)], *col_shape)
-    flat = ops.reshape(x, (-1, rows))
-    matrix = ops.cast(ops.reshape(kernel, (rows, cols)), x.dtype)
+    flat, matrix, shape = _as_matrices(x, kernel, len(view.row_axes))
+    matrix = ops.cast(matrix, x.dtype)
     if _TORCH_PROBED is not None:
         out = _TORCH_PROBED(flat, matrix, probe, iterations, run)
         return ops.reshape(out, shape)
@@ -230,12 +239,8 @@ def rank_one_product(equation: str, x, kernel, u, v):
     rank = len(x.shape)
     contract, expand = factor_equations(equation, rank)
     if _flat(equation, contract, expand):
-        rows, cols = math.prod(u.shape), math.prod(v.shape)
-        # The leading axes as tensors where unknown (a tf.function's batch).
-        shape = (*ops.shape(x)[: rank - len(u.shape)], *v.shape)
-        flat = ops.reshape(x, (-1, rows))
-        matrix = ops.reshape(kernel, (rows, cols))
-        u, v = ops.reshape(u, (rows,)), ops.reshape(v, (cols,))
+        flat, matrix, shape = _as_matrices(x, kernel, len(u.shape))
+        u, v = ops.reshape(u, (-1,)), ops.reshape(v, (-1,))
         if _TORCH_RANK_ONE is not None:
             out = _TORCH_RANK_ONE(flat, matrix, u, v)
         else:
