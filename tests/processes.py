@@ -1,14 +1,26 @@
 """Fresh Python processes, for tests that need another backend or devices
-configured before the backend starts."""
+configured before the backend starts, and several processes at once: the
+hosts of a multi-process run (`run_ranks`)."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 
 HERE = pathlib.Path(__file__).resolve().parent
+
+# A multi-process test's time limit, in seconds: long enough for a loaded
+# 2-core machine (each such test starts its own processes, so one that runs
+# out fails that test alone). `KERAS_SAM_TEST_TIMEOUT_SCALE` multiplies it
+# on a slower machine.
+RANKS_TIMEOUT = 300 * float(os.environ.get("KERAS_SAM_TEST_TIMEOUT_SCALE", 1))
 
 
 def environment(backend: str | None = None, xla_flags: str = "") -> dict:
@@ -37,3 +49,104 @@ def run_python(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports that are free on localhost now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """Kills `process` and everything it started (its own session)."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def _failure(outcome: str, codes: list, logs: list) -> str:
+    lines = [f"{outcome}; exit codes by rank: {codes}"]
+    for rank, (stdout, stderr) in enumerate(logs):
+        lines += [
+            f"---- rank {rank} stdout (last 2000 characters) ----",
+            stdout[-2000:],
+            f"---- rank {rank} stderr (last 4000 characters) ----",
+            stderr[-4000:],
+        ]
+    return "\n".join(lines)
+
+
+def run_ranks(
+    args: list,
+    rank_environment: Callable[[int], dict],
+    ranks: int = 2,
+    backend: str | None = None,
+    xla_flags: str = "",
+    timeout: float = RANKS_TIMEOUT,
+    killed_ok: bool = False,
+) -> list[str]:
+    """Runs `python *args` as `ranks` processes at once (the hosts of a
+    multi-process run), rank r with `rank_environment(r)` added to
+    `environment(backend, xla_flags)`, and returns each rank's standard
+    output.
+
+    When one rank fails, or the time runs out, every rank still running is
+    killed (a rank left waiting in a collective would otherwise hang) and
+    the test fails with every rank's output. With `killed_ok`, a run whose
+    ranks all ended well or by SIGKILL (a preemption the test made) returns
+    instead: the SIGKILL-ed rank's peers are killed too, as a cluster
+    scheduler ends a job that lost a host.
+    """
+    with tempfile.TemporaryDirectory() as logs:
+        log = pathlib.Path(logs)
+        processes = []
+        for rank in range(ranks):
+            env = environment(backend, xla_flags) | rank_environment(rank)
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, *map(str, args)],
+                    env=env,
+                    stdout=open(log / f"{rank}.out", "w"),
+                    stderr=open(log / f"{rank}.err", "w"),
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        outcome = _wait(processes, timeout)
+        # How each rank ended by itself (None: still running, killed now).
+        codes = [p.poll() for p in processes]
+        for process in processes:
+            _kill(process)
+        texts = [
+            ((log / f"{r}.out").read_text(), (log / f"{r}.err").read_text())
+            for r in range(ranks)
+        ]
+    preempted = killed_ok and all(
+        c in (None, 0, -signal.SIGKILL) for c in codes
+    )
+    if outcome != "done" and not (outcome == "failed" and preempted):
+        raise AssertionError(_failure(outcome, codes, texts))
+    return [stdout for stdout, _ in texts]
+
+
+def _wait(processes: list, timeout: float) -> str:
+    """ "done" once every process exits with 0, "failed" as soon as one
+    exits otherwise, or "timed out after ..."."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        codes = [p.poll() for p in processes]
+        if any(code not in (None, 0) for code in codes):
+            return "failed"
+        if all(code == 0 for code in codes):
+            return "done"
+        time.sleep(0.1)
+    return f"timed out after {timeout:.0f} s"
