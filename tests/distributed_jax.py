@@ -29,6 +29,7 @@ from distributed import (  # noqa: E402
     train,
 )
 from helpers import compile_sgd  # noqa: E402
+from processes import SavedResults  # noqa: E402
 
 from keras_sam import SAMModel  # noqa: E402
 
@@ -85,7 +86,8 @@ def train_attention(method: str, return_model: bool = False):
 def main(path: str) -> None:
     devices = keras.distribution.list_devices()
     assert len(devices) == 4, devices
-    out = {"plain/single": train("plain")}
+    out = SavedResults(path)
+    out["plain/single"] = train("plain")
     for name in CASES:
         out[f"{name}/single"] = train(name)
     for name in PER_REPLICA_CASES:
@@ -121,7 +123,6 @@ def main(path: str) -> None:
             out["per_replica_error"] = np.str_("")
         except NotImplementedError as e:
             out["per_replica_error"] = np.str_(str(e))
-    np.savez(path, **out)
 
 
 if __name__ == "__main__":

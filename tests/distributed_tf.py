@@ -29,6 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from distributed import CASES, SEQUENCE, SPLIT_CASES, train  # noqa: E402
 from helpers import reference_mlp, toy_classification  # noqa: E402
+from processes import SavedResults  # noqa: E402
 from reference import init_params  # noqa: E402
 
 from keras_sam import SAMModel  # noqa: E402
@@ -65,7 +66,8 @@ def mirrored():
 
 
 def main(path: str) -> None:
-    out = {"plain/single": train("plain")}
+    out = SavedResults(path)
+    out["plain/single"] = train("plain")
     strategy = mirrored()
     with strategy.scope():  # several models under one strategy
         out["plain/first"] = train("plain")
@@ -97,7 +99,6 @@ def main(path: str) -> None:
             options = {} if name == "plain" else {"ascent": ascent}
             with mirrored().scope():  # a new strategy per model
                 out[f"sequence/{ascent}/{i}"] = train(name, **options)
-    np.savez(path, **out)
 
 
 if __name__ == "__main__":

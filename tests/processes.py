@@ -14,13 +14,16 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 HERE = pathlib.Path(__file__).resolve().parent
 
-# A multi-process test's time limit, in seconds: long enough for a loaded
-# 2-core machine (each such test starts its own processes, so one that runs
-# out fails that test alone). `KERAS_SAM_TEST_TIMEOUT_SCALE` multiplies it
-# on a slower machine.
-RANKS_TIMEOUT = 300 * float(os.environ.get("KERAS_SAM_TEST_TIMEOUT_SCALE", 1))
+# Time limits of subprocesses, in seconds, are this many times what a
+# loaded 2-core machine needs: `KERAS_SAM_TEST_TIMEOUT_SCALE=2` doubles them
+# on a slower one. A limit that runs out fails the results the subprocess
+# did not reach, not the others (`Results`).
+TIMEOUT_SCALE = float(os.environ.get("KERAS_SAM_TEST_TIMEOUT_SCALE", 1))
+RANKS_TIMEOUT = 300 * TIMEOUT_SCALE
 
 
 def environment(backend: str | None = None, xla_flags: str = "") -> dict:
@@ -150,3 +153,45 @@ def _wait(processes: list, timeout: float) -> str:
             return "done"
         time.sleep(0.1)
     return f"timed out after {timeout:.0f} s"
+
+
+class SavedResults(dict):
+    """A script's results, written to `path` (.npz) after every entry, so
+    that a run cut short (a crash, a time limit on a slow machine) keeps
+    everything it finished."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = pathlib.Path(path)
+
+    def __setitem__(self, key: str, value) -> None:
+        super().__setitem__(key, value)
+        partial = self.path.with_name(f"partial-{self.path.name}")
+        np.savez(partial, **self)
+        os.replace(partial, self.path)
+
+
+class Results(dict):
+    """What a script saved (`SavedResults`), read by tests: a result the
+    script did not reach fails the test that asks for it with the reason
+    the script stopped, and no other."""
+
+    def __init__(self, path, stopped: str = ""):
+        super().__init__(dict(np.load(path)) if path.exists() else {})
+        self.stopped = stopped
+
+    def __missing__(self, key: str):
+        raise AssertionError(f"no result {key!r}: {self.stopped}")
+
+
+def run_script(script, out, timeout: float, **kwargs) -> Results:
+    """Runs `python script out` (`run_python`'s other arguments as
+    `kwargs`) and returns the results it saved in `out`, those of a failed
+    or timed-out run included."""
+    try:
+        run_python([script, out], timeout=timeout, **kwargs)
+        return Results(out)
+    except subprocess.TimeoutExpired:
+        return Results(out, f"{script.name} timed out after {timeout:.0f} s")
+    except AssertionError as e:
+        return Results(out, f"{script.name} failed:\n{e}")

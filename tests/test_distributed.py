@@ -20,15 +20,24 @@ from distributed import (
     SPLIT_CASES,
     reference,
 )
-from processes import HERE, environment, run_python
+from processes import (
+    HERE,
+    TIMEOUT_SCALE,
+    Results,
+    environment,
+    run_python,
+    run_script,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def _run(script: str, tmp_path_factory, xla_flags: str = "") -> dict:
+def _run(script: str, tmp_path_factory, xla_flags: str = "") -> Results:
+    """The results of `script`: each test fails alone if the script did not
+    reach its result (a crash, or the time limit on a slow machine)."""
     out = tmp_path_factory.mktemp("distributed") / "out.npz"
-    run_python([HERE / script, out], xla_flags=xla_flags)
-    return dict(np.load(out))
+    timeout = 1200 * TIMEOUT_SCALE
+    return run_script(HERE / script, out, timeout, xla_flags=xla_flags)
 
 
 # ---- TensorFlow: MirroredStrategy on 2 logical CPUs ------------------------

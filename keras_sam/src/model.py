@@ -10,6 +10,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_sam.src import guard
 from keras_sam.src.backend import BackendSAMTrainer, check_supported
 from keras_sam.src.methods import masks, nuclear
 from keras_sam.src.options import (
@@ -353,6 +354,29 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             # Keras fixes trainability at compile (unfreezing a backbone
             # needs one): the plan, and the state of new variables, follow.
             self._make_plan()
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """Trains as `keras.Model.fit` does, guarded.
+
+        A layer frozen or unfrozen since `compile()` raises before the
+        first step, on every backend. If `fit` raises (a bad batch, a
+        failing callable `rho`, an interrupt), every variable keeps a value
+        (the weights, the optimizer's, the metrics' and the SAM state), so
+        the model can be saved, evaluated or trained again once the cause is
+        fixed: the values of the last completed step, or of the epoch's
+        start where Keras' JAX trainer had not yet written a step back.
+        """
+        if self._plan is not None:
+            self._check_plan()
+        keeper = guard.ValuesKept()
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks = callbacks.callbacks
+        callbacks = [*(callbacks or []), keeper]
+        try:
+            return super().fit(*args, callbacks=callbacks, **kwargs)
+        except BaseException:
+            keeper.restore()
+            raise
 
     def compile_from_config(self, config: dict) -> None:
         # Keras skips this for models that override `compile()`; ours only

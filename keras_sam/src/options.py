@@ -14,6 +14,7 @@ documentation tables follow from it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -57,6 +58,23 @@ def _received(name: str, value: Any) -> str:
     return f"received {name}={value!r}."
 
 
+def _check_one_argument(name: str, value: Callable, argument: str) -> None:
+    """Raises a `TypeError` if `value`, an option that keras-sam calls with
+    one positional argument (`argument`), cannot take it: the step would
+    fail inside `fit` otherwise."""
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # no signature to read: called as given
+        return
+    try:
+        signature.bind(0)
+    except TypeError:
+        raise TypeError(
+            f"`{name}` is called with one argument, {argument}, and "
+            f"this one takes {signature}; " + _received(name, value)
+        ) from None
+
+
 def _check_rho(name: str, rho: Any) -> None:
     allowed = (
         "a float >= 0, a keras.optimizers.schedules.LearningRateSchedule or a "
@@ -69,6 +87,8 @@ def _check_rho(name: str, rho: Any) -> None:
             )
     elif not callable(rho):
         raise TypeError(f"`rho` must be {allowed}; " + _received(name, rho))
+    else:
+        _check_one_argument(name, rho, "the SAM step")
 
 
 PERTURB_MASKS = ("all", "norm", "no_norm")
@@ -82,6 +102,8 @@ def _check_perturb(name: str, value: Any) -> None:
             f"`perturb` must be one of {list(PERTURB_MASKS)} or a callable "
             "`variable -> bool`; " + _received(name, value)
         )
+    else:
+        _check_one_argument(name, value, "a variable")
 
 
 def _check_threshold(name: str, value: Any) -> None:
@@ -98,6 +120,8 @@ def _check_threshold(name: str, value: Any) -> None:
         raise TypeError(
             f"`{name}` must be {allowed}; " + _received(name, value)
         )
+    else:
+        _check_one_argument(name, value, "the SAM step")
 
 
 def _choice(*allowed) -> Callable[[str, Any], None]:

@@ -1,0 +1,119 @@
+"""An error never costs the model: a SAMModel whose `fit` raises keeps its
+weights, optimizer and SAM state readable, savable and trainable, on every
+backend (Keras' JAX trainer alone lost them to an error in an epoch's first
+step); errors keras-sam can see before a step come before it."""
+
+import keras
+import numpy as np
+import pytest
+from helpers import compile_sgd, toy_classification
+
+from keras_sam import SAMModel
+
+
+def _mlp() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(4, name="hidden"),
+            keras.layers.Dense(3, name="head"),
+        ]
+    )
+
+
+def _assert_whole(sam: SAMModel, expected: list, tmp_path) -> None:
+    """The weights are `expected`, and the model evaluates and saves."""
+    for actual, want in zip(sam.inner.get_weights(), expected):
+        np.testing.assert_array_equal(actual, want)
+    x, y = toy_classification(12)
+    assert np.isfinite(sam.evaluate(x, y, batch_size=12, verbose=0))
+    sam.inner.save(tmp_path / "kept.keras")
+
+
+def _assert_trains(sam: SAMModel, **fit_kwargs) -> None:
+    before = sam.inner.get_weights()
+    sam.fit(*toy_classification(48), epochs=1, verbose=0, **fit_kwargs)
+    after = sam.inner.get_weights()
+    assert all(np.all(np.isfinite(w)) for w in after)
+    assert any(np.any(a != b) for a, b in zip(after, before))
+
+
+def test_an_error_in_the_first_step_keeps_the_model(tmp_path):
+    """`batch_splits=3` and batches of 16: the step's own error, after
+    which the model is whole and a corrected `fit` trains it."""
+    sam = SAMModel(_mlp(), batch_splits=3)
+    compile_sgd(sam)
+    sam.build((None, 6))
+    initial = sam.inner.get_weights()
+    with pytest.raises(ValueError, match="batch_splits=3"):
+        sam.fit(*toy_classification(48), batch_size=16, verbose=0)
+    _assert_whole(sam, initial, tmp_path)
+    _assert_trains(sam, batch_size=12)
+    assert keras.ops.convert_to_numpy(sam.sam_state.iterations) == 4
+
+
+def test_an_error_in_a_callable_rho_keeps_a_trained_model(tmp_path):
+    """A radius schedule that fails inside the step, on a model trained
+    before: its trained weights survive, and the inner model trains on
+    under a SAMModel with a working schedule."""
+    model = _mlp()
+    trained = SAMModel(model)
+    compile_sgd(trained)
+    trained.fit(*toy_classification(48), batch_size=16, verbose=0)
+    weights = model.get_weights()
+
+    def failing(step):
+        raise ZeroDivisionError("the schedule failed")
+
+    sam = SAMModel(model, rho=failing)
+    compile_sgd(sam)
+    with pytest.raises(ZeroDivisionError, match="the schedule failed"):
+        sam.fit(*toy_classification(48), batch_size=16, verbose=0)
+    _assert_whole(sam, weights, tmp_path)
+    fixed = SAMModel(model, rho=lambda step: 0.05)
+    compile_sgd(fixed)
+    _assert_trains(fixed, batch_size=16)
+
+
+@pytest.mark.parametrize("change", ["unfreeze", "freeze"])
+def test_trainability_changed_since_compile_raises_before_any_step(
+    tmp_path, change
+):
+    """Train the head, unfreeze the backbone and forget `compile()` (or
+    freeze it after training): one rule on every backend, an error before
+    any step, the trained weights kept, and `compile()` then `fit`."""
+    model = _mlp()
+    model.get_layer("hidden").trainable = change == "freeze"
+    sam = SAMModel(model)
+    compile_sgd(sam)
+    sam.fit(*toy_classification(48), batch_size=16, verbose=0)
+    trained = model.get_weights()
+    model.get_layer("hidden").trainable = change == "unfreeze"
+    with pytest.raises(RuntimeError, match="call compile\\(\\) again"):
+        sam.fit(*toy_classification(48), batch_size=16, verbose=0)
+    _assert_whole(sam, trained, tmp_path)
+    compile_sgd(sam)
+    _assert_trains(sam, batch_size=16)
+    hidden = [w.numpy() for w in model.get_layer("hidden").weights]
+    frozen = change == "freeze"
+    assert all(
+        np.array_equal(a, b) == frozen for a, b in zip(hidden, trained[:2])
+    )
+
+
+@pytest.mark.parametrize(
+    "option, value, argument",
+    [
+        ("rho", lambda: 0.1, "the SAM step"),
+        ("perturb", lambda variable, other: True, "a variable"),
+    ],
+)
+def test_a_callable_option_of_the_wrong_arity_is_a_clear_error(
+    option, value, argument
+):
+    with pytest.raises(TypeError) as error:
+        SAMModel(_mlp(), **{option: value})
+    message = str(error.value)
+    assert message.startswith(f"`{option}` is called with one argument, ")
+    assert argument in message and f"received {option}=" in message
