@@ -11,12 +11,16 @@ scikit-learn's digits (no download), so it runs anywhere:
   finds a TPU (on a TPU VM, or with `--tpu NAME`); otherwise under the
   default strategy, with a message.
 - JAX: under `keras.distribution.DataParallel` over every device JAX sees
-  (the TPU cores on a TPU VM; `--multi-host` on each host of a pod).
+  (the TPU cores on a TPU VM). On a pod, run it on every host with
+  `--multi-host`: each process feeds its own part of every global batch
+  (NumPy arrays, no TensorFlow needed), and trains as one process would.
 - torch: one device.
 
 Usage:
     KERAS_BACKEND=tensorflow python examples/tpu_train.py --steps 20
     KERAS_BACKEND=jax python examples/tpu_train.py --steps 20
+    # on every host of a TPU pod slice:
+    KERAS_BACKEND=jax python examples/tpu_train.py --multi-host --steps 20
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--multi-host",
         action="store_true",
-        help="JAX on a pod: call keras.distribution.initialize() first",
+        help="JAX, run on every host of a pod: call "
+        "keras.distribution.initialize() first",
     )
     return parser.parse_args(argv)
 
@@ -107,11 +112,28 @@ def jax_distribution(args):
             f"{len(devices)} devices of DataParallel."
         )
     print(f"keras.distribution.DataParallel over {len(devices)} devices.")
-    return keras.distribution.DataParallel(devices=devices)
+    # Each process feeds its own part of every batch (`process_part`).
+    return keras.distribution.DataParallel(
+        devices=devices, auto_shard_dataset=False
+    )
+
+
+def process_part(array: np.ndarray, batch_size: int) -> np.ndarray:
+    """This process's part of every global batch of `array` (all of it in
+    one process): process p of n takes the p-th of n equal, contiguous
+    slices of each batch, so that together they feed the batches one
+    process would."""
+    import jax
+
+    part = batch_size // jax.process_count()
+    start = jax.process_index() * part
+    batches = array.reshape(-1, batch_size, *array.shape[1:])
+    return batches[:, start : start + part].reshape(-1, *array.shape[1:])
 
 
 def digits(batch_size: int, steps: int):
-    """Digits as 8x8x1 images, repeated to fill `steps` global batches."""
+    """Digits as 8x8x1 images, repeated to fill `steps` global batches and
+    shuffled with a fixed seed: the same batches on every process."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -151,19 +173,31 @@ def build(args) -> SAMModel:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     backend = keras.backend.backend()
+    if args.multi_host and backend != "jax":
+        raise SystemExit(
+            f"--multi-host is for the JAX backend, and KERAS_BACKEND is "
+            f"{backend!r}."
+        )
     x, y = digits(args.batch_size, args.steps)
+    batch_size = args.batch_size
     if backend == "tensorflow":
         with tensorflow_strategy(args.tpu).scope():
             sam = build(args)
     elif backend == "jax":
         keras.distribution.set_distribution(jax_distribution(args))
+        x, y = process_part(x, batch_size), process_part(y, batch_size)
+        batch_size = len(x) // args.steps  # this process's part of a batch
         sam = build(args)
     else:
         print(f"{backend}: one device.")
         sam = build(args)
-    history = sam.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=2)
+    # `digits` shuffled already: `fit` keeps its batches (and every process
+    # its part of each).
+    history = sam.fit(
+        x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=2
+    )
     logs = {name: values[-1] for name, values in history.history.items()}
-    print("final:", ", ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+    print("final:", ", ".join(f"{k}={v:.6f}" for k, v in logs.items()))
     return logs
 
 

@@ -46,19 +46,22 @@ def spread(strategy, model) -> float:
     return out
 
 
-def skipped_steps() -> np.ndarray:
-    """`sam_skipped` of an epoch of 4 steps whose second has a NaN input."""
+def skipping(loss_scaling: bool, keep=slice(None)) -> tuple:
+    """`sam_skipped` and the flat weights after an epoch of 16-example
+    steps over `x[keep]`, where `x`'s second batch has a NaN input."""
     x, y = toy_classification(64)
     x[17, 0] = np.nan
     sam = SAMModel(reference_mlp(init_params()))
+    optimizer = keras.optimizers.SGD(0.1)
+    if loss_scaling:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     sam.compile(
-        optimizer=keras.optimizers.LossScaleOptimizer(
-            keras.optimizers.SGD(0.1)
-        ),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    history = sam.fit(x, y, batch_size=16, shuffle=False, verbose=0)
-    return np.array(history.history["sam_skipped"])
+    history = sam.fit(x[keep], y[keep], batch_size=16, shuffle=False, verbose=0)
+    weights = np.concatenate([w.ravel() for w in sam.inner.get_weights()])
+    return np.array(history.history["sam_skipped"]), weights
 
 
 def mirrored():
@@ -93,7 +96,12 @@ def main(path: str) -> None:
         except ValueError as e:
             out["global_splits_error"] = np.str_(str(e))
         out["plain/last"] = train("plain")
-        out["sam_skipped"] = skipped_steps()
+        for scaling in (True, False):
+            skipped, weights = skipping(scaling)
+            out[f"skipping/{scaling}/sam_skipped"] = skipped
+            out[f"skipping/{scaling}/weights"] = weights
+        without = np.r_[0:16, 32:64]  # the run without the bad batch
+        out["skipping/without"] = skipping(False, without)[1]
     for ascent in ("global", "per_replica"):
         for i, name in enumerate(SEQUENCE):
             options = {} if name == "plain" else {"ascent": ascent}

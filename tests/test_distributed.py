@@ -55,8 +55,13 @@ def mirrored(tmp_path_factory):
 @tf_only
 @pytest.mark.parametrize("case", list(CASES))
 def test_mirrored_global_ascent_equals_one_device(mirrored, case):
+    # The reference's tolerance: WSAM's decoupled term multiplies the
+    # rounding of g_s - g by gamma / (1 - gamma) = 32 (1.3e-6 seen on 0.08).
     np.testing.assert_allclose(
-        mirrored[f"{case}/global"], mirrored[f"{case}/single"], atol=1e-6
+        mirrored[f"{case}/global"],
+        mirrored[f"{case}/single"],
+        rtol=1e-5,
+        atol=1e-6,
     )
     np.testing.assert_allclose(
         mirrored[f"{case}/single"], reference(case), rtol=1e-5, atol=1e-6
@@ -149,8 +154,17 @@ def test_mirrored_global_ascent_with_micro_batches_is_a_clear_error(mirrored):
 
 
 @tf_only
-def test_skipped_steps_are_counted_once_over_the_replicas(mirrored):
-    np.testing.assert_array_equal(mirrored["sam_skipped"], [1.0])
+@pytest.mark.parametrize("loss_scaling", [True, False])
+def test_a_skipped_step_changes_nothing_and_counts_once(mirrored, loss_scaling):
+    """A batch with a NaN input on one replica: both replicas skip the step
+    together (the optimizer's update runs in the cross-replica context, as
+    Keras' `LossScaleOptimizer` runs it), it counts once, not once per
+    replica, and the run ends where the run without that batch ends."""
+    key = f"skipping/{loss_scaling}"
+    np.testing.assert_array_equal(mirrored[f"{key}/sam_skipped"], [1.0])
+    np.testing.assert_allclose(
+        mirrored[f"{key}/weights"], mirrored["skipping/without"], atol=1e-6
+    )
 
 
 @tf_only
@@ -326,7 +340,9 @@ def test_torch_process_group_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.skipif(
-    BACKEND == "torch", reason="the TPU example targets TensorFlow and JAX"
+    BACKEND != "tensorflow",
+    reason="TensorFlow's run; JAX's, on 4 devices and on 2 processes, is "
+    "test_multi_process_jax.py's",
 )
 def test_tpu_example_runs_without_a_tpu():
     stdout = run_python(
@@ -335,14 +351,9 @@ def test_tpu_example_runs_without_a_tpu():
             *("--steps", "3", "--batch-size", "32"),
             *("--dim", "16", "--depth", "1", "--heads", "2"),
         ],
-        xla_flags="--xla_force_host_platform_device_count=4"
-        if BACKEND == "jax"
-        else "",
     )
-    expected = {
-        "tensorflow": "No TPU found (TPUClusterResolver): training with the "
-        "default strategy",
-        "jax": "keras.distribution.DataParallel over 4 devices.",
-    }[BACKEND]
-    assert expected in stdout
+    assert (
+        "No TPU found (TPUClusterResolver): training with the default "
+        "strategy" in stdout
+    )
     assert "final: accuracy=" in stdout

@@ -117,3 +117,62 @@ def test_a_callable_option_of_the_wrong_arity_is_a_clear_error(
     message = str(error.value)
     assert message.startswith(f"`{option}` is called with one argument, ")
     assert argument in message and f"received {option}=" in message
+
+
+def _batch_norm_mlp() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(3),
+        ]
+    )
+
+
+def _train(x, y, epochs: int = 1, **options) -> tuple[list, dict]:
+    """Every variable (weights, BatchNorm statistics, SAM state, Adam's
+    moments) after `epochs` in batches of 8, and the last epoch's logs."""
+    sam = SAMModel(_batch_norm_mlp(), **options)
+    sam.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = sam.fit(
+        x, y, batch_size=8, epochs=epochs, shuffle=False, verbose=0
+    )
+    variables = [*sam.variables, *sam.optimizer.variables]
+    values = [keras.ops.convert_to_numpy(v) for v in variables]
+    return values, {k: v[-1] for k, v in history.history.items()}
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"method": "looksam", "k": 2}, {"method": "fsam"}]
+)
+def test_a_non_finite_batch_changes_nothing_and_is_counted(options):
+    """A batch with a NaN input, between good ones: the run ends where the
+    run without that batch ends (weights, BatchNorm statistics, the
+    optimizer's moments and step, the SAM state and counter), and
+    `sam_skipped` counts it."""
+    x, y = toy_classification(32)
+    bad = x.copy()
+    bad[9, 2] = np.nan  # in the second batch
+    kept = np.r_[0:8, 16:32]
+    skipping, logs = _train(bad, y, **options)
+    without, clean_logs = _train(x[kept], y[kept], **options)
+    for a, b in zip(skipping, without):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert logs["sam_skipped"] == 1.0 and clean_logs["sam_skipped"] == 0.0
+
+
+@pytest.mark.parametrize("radius", [-0.05, float("nan")])
+def test_a_radius_schedule_outside_its_range_skips_the_step(radius):
+    """A callable `rho` whose value is negative or not finite: each such
+    step is skipped whole and counted, never trained with."""
+    x, y = toy_classification(32)
+    initial, _ = _train(x, y, epochs=0, rho=lambda step: radius)
+    values, logs = _train(x, y, rho=lambda step: radius + 0.0 * step)
+    for a, b in zip(values, initial):
+        np.testing.assert_array_equal(a, b)
+    assert logs["sam_skipped"] == 4.0

@@ -1,6 +1,7 @@
 """The Keras internals keras-sam relies on still exist, and the package's
 public surface is what `keras_sam/__init__.py` says."""
 
+import importlib
 import subprocess
 import sys
 
@@ -25,6 +26,7 @@ def _exists(owner, name: str) -> bool:
         keras.Model: _compiled_model,
         keras.layers.Layer: lambda: keras.layers.Dense(1),
         keras.optimizers.Optimizer: lambda: keras.optimizers.SGD(),
+        keras.Variable: lambda: keras.Variable(0.0),
     }.get(owner)
     return instance is not None and hasattr(instance(), name)
 
@@ -44,10 +46,13 @@ def test_keras_internal_exists(owner, name):
 
 def test_backend_internals_exist():
     trainer = type(keras.Sequential()).__mro__
-    for class_name, name in keras_internals.USED_BY_BACKEND.get(BACKEND, ()):
-        owner = next(c for c in trainer if c.__name__ == class_name)
+    for where, name in keras_internals.USED_BY_BACKEND.get(BACKEND, ()):
+        if "." in where:  # a module
+            owner = importlib.import_module(where)
+        else:  # a trainer class
+            owner = next(c for c in trainer if c.__name__ == where)
         assert hasattr(owner, name), (
-            f"Keras {keras.__version__}'s {class_name} has no `{name}`."
+            f"Keras {keras.__version__}'s {where} has no `{name}`."
         )
 
 

@@ -173,9 +173,9 @@ def test_overflow_step_changes_nothing(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_zero_then_nan_gradients(method):
     """A zero gradient (all sample weights 0) gives eps = 0 and no NaN. Then,
-    without loss scaling, a NaN clean gradient gives eps = 0 and the base
-    optimizer receives what it would have received without SAM, while the
-    SAM state stays as it was."""
+    without loss scaling, a NaN clean gradient skips the step whole: the
+    weights, the optimizer's step and the SAM state stay as they were (a
+    plain Keras model's weights turn NaN)."""
     x, y = toy_classification(8)
     # Eager: the same step as compiled, without a compilation per preset.
     model = _sam(method, run_eagerly=True)
@@ -196,9 +196,13 @@ def test_zero_then_nan_gradients(method):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         run_eagerly=True,
     )
-    model.train_on_batch(x, y)
+    optimizer = _numpy(model.optimizer.variables)
+    logs = model.train_on_batch(x, y, return_dict=True)
     plain.train_on_batch(x, y)
-    _assert_equal(_numpy(model.inner.weights), _numpy(plain.weights))
+    assert logs["sam_skipped"] == 1.0
+    assert not _all_finite(_numpy(plain.weights))
+    _assert_equal(_numpy(model.inner.weights), weights)
+    _assert_equal(_numpy(model.optimizer.variables), optimizer)
     _assert_equal(_state(model), state)
 
 

@@ -28,12 +28,33 @@ USED = (
     (keras.optimizers.Optimizer, "_use_weight_decay"),
     (keras.optimizers.Optimizer, "_apply_weight_decay"),
     (keras.optimizers.Optimizer, "_trainable_variables"),
+    (keras.Variable, "_value"),
 )
-# Backend-specific ones, checked on that backend.
+# Backend-specific ones, checked on that backend: a trainer class of
+# `keras.Model`'s on that backend, or a module (named in full).
+_TF_TRAINER = "keras.src.backend.tensorflow.trainer"
 USED_BY_BACKEND = {
     "jax": (("JAXTrainer", "_update_metrics_variables"),),
-    "tensorflow": (("TensorFlowTrainer", "_maybe_symbolic_build"),),
+    "tensorflow": (
+        ("TensorFlowTrainer", "_maybe_symbolic_build"),
+        (_TF_TRAINER, "_collective_all_reduce_multi_worker"),
+    ),
 }
+
+
+def strategy_supports_no_merge_call() -> bool:
+    """Whether the current `tf.distribute` strategy updates distributed
+    variables without a `merge_call` (TensorFlow's internal API, as Keras'
+    `LossScaleOptimizer` reads it)."""
+    import tensorflow as tf
+
+    return tf.__internal__.distribute.strategy_supports_no_merge_call()
+
+
+def lost_value(variable: keras.Variable) -> bool:
+    """Whether the JAX trainer took `variable`'s value into `fit`'s state
+    (`_purge_model_variables`) and has not written it back."""
+    return variable._value is None
 
 
 def flatten_layers(layer: keras.layers.Layer) -> list:
@@ -89,8 +110,28 @@ def unscale_loss_for_distribution(value):
     return loss_module.unscale_loss_for_distribution(value)
 
 
-def symbolic_build_before_tracing(model, build, iterator, data_batch):
-    """`build(iterator, data_batch)`, the TensorFlow trainer's
+def first_local_batch(iterator, strategy):
+    """The first batch of Keras' TensorFlow epoch `iterator`, each
+    distributed value as its first local replica's part: the shapes that a
+    replica's step sees, from which the model can be built.
+
+    Keras' TF trainer (`_maybe_symbolic_build`) takes the same batch but
+    reduces a distributed one with `strategy.reduce("MEAN", batch)`, which
+    `MultiWorkerMirroredStrategy` on several workers cannot do for a nest of
+    `PerReplica` values ("Attempt to convert a value (PerReplica:{...}) with
+    an unsupported type", keras-team/keras#20585). `None` if `iterator`
+    has no batch.
+    """
+    local = strategy.experimental_local_results
+    for _, _, distributed in iterator:
+        return keras.tree.map_structure(
+            lambda v: None if v is None else local(v)[0], next(distributed)
+        )
+    return None
+
+
+def symbolic_build_before_tracing(model, build, data_batch):
+    """`build(data_batch=data_batch)`, the TensorFlow trainer's
     `_maybe_symbolic_build`, as under a strategy: the model, its compiled
     loss and metrics and the optimizer are built from a batch's shapes
     before the step is traced (what the JAX and torch trainers always do).
@@ -100,12 +141,24 @@ def symbolic_build_before_tracing(model, build, iterator, data_batch):
     second time: a SAM step's trace is the longest part of a short fit.
     """
     if model._distribute_strategy is not None:
-        return build(iterator, data_batch)
+        return build(data_batch=data_batch)
     model._distribute_strategy = model.distribute_strategy  # the default
     try:
-        return build(iterator, data_batch)
+        return build(data_batch=data_batch)
     finally:
         model._distribute_strategy = None
+
+
+def multi_worker(strategy) -> bool:
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` on several
+    workers, as Keras' TF trainer tells it: there `reduce_per_replica`
+    reduces each log of a step across the replicas with
+    `strategy.reduce("MEAN", log, axis=0)`, which fails for a scalar
+    ("Invalid reduction dimension 0 for input with 0 dimensions"), where
+    it means the replicas' logs itself under any other strategy."""
+    from keras.src.backend.tensorflow import trainer
+
+    return trainer._collective_all_reduce_multi_worker(strategy)
 
 
 def update_metrics_variables(

@@ -20,18 +20,19 @@ import keras
 from keras import ops
 
 
-def split(data: Any, count: int) -> list:
+def split(data: Any, count: int, option: str = "batch_splits") -> list:
     """`data` (a structure of arrays with the batch first, `None` allowed)
     as `count` structures of equal, contiguous micro-batches.
 
     Raises:
-        ValueError: a batch whose size is not divisible by `count`.
+        ValueError: a batch whose size is not divisible by `count` (the
+            message names the argument that gave it, `option`).
     """
     flat = keras.tree.flatten(data)
     sizes = {t.shape[0] for t in flat if t is not None} - {None}
     indivisible = [size for size in sizes if size % count]
     if indivisible:
-        raise ValueError(indivisible_message(count, indivisible[0]))
+        raise ValueError(indivisible_message(count, indivisible[0], option))
     pieces = [
         [None] * count if t is None else ops.split(t, count, axis=0)
         for t in flat
@@ -42,10 +43,12 @@ def split(data: Any, count: int) -> list:
     ]
 
 
-def indivisible_message(count: int, size: int | str) -> str:
-    """The error for a batch of `size` examples and `batch_splits=count`."""
+def indivisible_message(
+    count: int, size: int | str, option: str = "batch_splits"
+) -> str:
+    """The error for a batch of `size` examples and `{option}=count`."""
     return (
-        f"batch_splits={count} splits each batch into {count} equal "
+        f"{option}={count} splits each batch into {count} equal "
         f"micro-batches, and this batch has {size} examples. Use a batch "
         f"size divisible by {count} (and, for the last batch of an epoch, a "
         "dataset whose size is, or `drop_remainder=True`)."

@@ -438,9 +438,10 @@ def rescaled(tensors: list, loss_scale, like: list) -> list:
     return [ops.cast(t, x.dtype) for t, x in zip(tensors, like)]
 
 
-def commit(old: SAMState, new: SAMState, ok) -> SAMState:
-    """`new` if `ok`, else `old`: a step with a non-finite gradient leaves
-    the whole state, the counter included, as it was."""
+def commit(old: Any, new: Any, ok) -> Any:
+    """`new` if `ok`, else `old` (structures of tensors alike): a skipped
+    step leaves the SAM state, the counter included, and the variables as
+    they were."""
     return keras.tree.map_structure(lambda n, o: ops.where(ok, n, o), new, old)
 
 

@@ -16,7 +16,7 @@ import keras
 from keras import ops
 
 from keras_sam.src import keras_internals, micro_batches, step
-from keras_sam.src.methods import schedule
+from keras_sam.src.methods import schedule, tensors
 from keras_sam.src.probes import Probes, Run, SingularPairs
 from keras_sam.src.replicas import ONE_REPLICA, Replicas
 from keras_sam.src.state import SAMState
@@ -78,6 +78,10 @@ class SAMTrainer:
     run within `scope` (the perturbation's, see `perturbation.py`);
     `inputs` is whatever else the backend's pass 2 needs.
     """
+
+    # The name of `batch_splits` in the errors of a batch that it does not
+    # divide (`SharpnessAwareMinimization` takes it as `num_batch_splits`).
+    _batch_splits_option = "batch_splits"
 
     def _on_create(self) -> None:
         """What the backend sets up for a new `SAMModel` (nothing, unless
@@ -192,6 +196,10 @@ class SAMTrainer:
             u,
             loss_scale,
         )
+        if callable(o.rho):
+            # A radius schedule's value outside [0, inf) skips the step.
+            valid = ops.logical_and(branch.finite, schedule.valid_radius(rho))
+            branch = branch._replace(finite=valid)
         if own is not None:
             branch = branch._replace(gradients=own)
         return branch, differentiated
@@ -218,7 +226,21 @@ class SAMTrainer:
     def _micro_batches(self, data) -> list:
         """`data` as `batch_splits` micro-batches (itself when 1)."""
         count = self._options.batch_splits
-        return [data] if count == 1 else micro_batches.split(data, count)
+        if count == 1:
+            return [data]
+        return micro_batches.split(data, count, self._batch_splits_option)
+
+    def _optimizer_takes(self, update: Update):
+        """Whether the base optimizer takes the step (a boolean scalar):
+        when it is not skipped. A `LossScaleOptimizer` also takes a step
+        whose gradients are not finite: it leaves the weights as they are
+        and lowers its loss scale, as mixed precision needs."""
+        applied = ops.equal(update.skipped, 0.0)
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return applied
+        gradients = [g for g in update.gradients if g is not None]
+        overflow = ops.logical_not(tensors.all_finite(gradients))
+        return ops.logical_or(applied, overflow)
 
     def _release_clean_gradient(self, *lists) -> None:
         """Where an eager backend frees pass 1's gradient before pass 2

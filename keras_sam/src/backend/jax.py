@@ -10,8 +10,9 @@ from typing import NamedTuple
 
 import jax
 import keras
+from keras import ops
 
-from keras_sam.src import keras_internals, micro_batches
+from keras_sam.src import keras_internals, micro_batches, step
 from keras_sam.src.replicas import ONE_REPLICA, Replicas
 from keras_sam.src.trainer import SAMTrainer
 
@@ -98,13 +99,24 @@ class JaxSAMTrainer(SAMTrainer):
         else:
             out = self._per_replica(*args, data, loss_scale, *batch_axis)
         update = out.update
+        # A skipped step leaves every variable as it was (pass 1's updates
+        # of BatchNorm statistics included); the SAM state commits itself.
+        applied = ops.equal(update.skipped, 0.0)
         new_non_trainable = self._state.into_values(
-            self.non_trainable_variables, out.non_trainable, update.state
+            self.non_trainable_variables,
+            step.commit(non_trainable, out.non_trainable, applied),
+            update.state,
         )
-        trainable, optimizer_values = self.optimizer.stateless_apply(
+        new_trainable, new_optimizer_values = self.optimizer.stateless_apply(
             optimizer_values, update.gradients, trainable
         )
-        trainable = self._decoupled(trainable, update, learning_rate)
+        new_trainable = self._decoupled(new_trainable, update, learning_rate)
+        trainable = step.commit(trainable, new_trainable, applied)
+        optimizer_values = step.commit(
+            optimizer_values,
+            new_optimizer_values,
+            self._optimizer_takes(update),
+        )
         with self._stateless(out.metrics, self.metrics_variables) as scope:
             self._track(update)
         metrics_values = [

@@ -50,13 +50,14 @@ def _check_micro_batches(options, count: int) -> None:
         )
 
 
-def _assert_divisible(data, size, count: int):
+def _assert_divisible(data, size, count: int, option: str):
     """`data` once `micro_batches.split`'s check of its batch `size` has run,
     at run time where the trace does not know the size (a dataset's batches
     in a `tf.function`): the split waits for it. (Under XLA the compiler
     sees the size first and reports "Number of ways to split should evenly
-    divide the split dimension" itself.)"""
-    message = micro_batches.indivisible_message(count, "N")
+    divide the split dimension" itself.) The message names the argument
+    that gave `count`, `option`."""
+    message = micro_batches.indivisible_message(count, "N", option)
     check = tf.debugging.Assert(size % count == 0, [message, "N =", size])
     with tf.control_dependencies([check]):
         return tf.nest.map_structure(
@@ -75,6 +76,56 @@ def _replicas() -> Replicas:
         return context.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors))
 
     return Replicas(count, all_reduce)
+
+
+def _reducible(logs: dict, strategy) -> dict:
+    """A step's `logs`, each with a leading axis of length 1 under a
+    `MultiWorkerMirroredStrategy` on several workers, where Keras reduces
+    them with `strategy.reduce("MEAN", log, axis=0)`: the mean over that
+    axis across the replicas is then the replicas' mean, as Keras gives it
+    under any other strategy, where `logs` are left as they are."""
+    if not keras_internals.multi_worker(strategy):
+        return logs
+    return tf.nest.map_structure(lambda log: tf.expand_dims(log, 0), logs)
+
+
+def _check_steps_per_execution(model) -> None:
+    """Raises a `ValueError` for `steps_per_execution > 1` under a
+    `MultiWorkerMirroredStrategy` on several workers, where Keras' loop of
+    steps fails for every model ("You must feed a value for placeholder
+    tensor ...")."""
+    steps = model.steps_per_execution
+    if steps > 1 and keras_internals.multi_worker(model.distribute_strategy):
+        raise ValueError(
+            f"steps_per_execution={steps} runs several steps in one loop, "
+            "which Keras' TensorFlow trainer cannot run under a "
+            "MultiWorkerMirroredStrategy on several workers, for any "
+            "model. Compile with steps_per_execution=1 (predict takes any)."
+        )
+
+
+def _run_if(condition, update, values: list) -> None:
+    """`update(values)` on each replica if `condition` (the same on every
+    replica), as Keras' `LossScaleOptimizer` conditions its inner
+    optimizer's step: a conditional in a replica's context cannot hold the
+    `merge_call` of a distributed variable's update, so under a strategy
+    that makes one it runs in the cross-replica context."""
+    if keras_internals.strategy_supports_no_merge_call():
+        tf.cond(condition, lambda: update(values), lambda: None)
+        return
+
+    def cross_replica(strategy, condition, values):
+        tf.cond(
+            strategy.experimental_local_results(condition)[0],
+            lambda: strategy.extended.call_for_each_replica(
+                update, args=(values,)
+            ),
+            lambda: None,
+        )
+
+    tf.distribute.get_replica_context().merge_call(
+        cross_replica, args=(condition, values)
+    )
 
 
 # Group keys per strategy: TensorFlow's own tests space their strategies'
@@ -146,29 +197,70 @@ class TensorFlowSAMTrainer(SAMTrainer):
         update = self._sam_update(
             groups, values, state, loss, inputs, loss_scale, replicas, pairs
         )
-        learning_rate = self._learning_rate()
-        self.optimizer.apply(update.gradients, variables)
-        self._assign_decoupled(variables, update, learning_rate)
-        self._state.assign(update.state)
+        self._apply(update, variables, non_trainable)
         self._track(update)
-        return self._train_logs(x, y, y_pred, sample_weight)
+        logs = self._train_logs(x, y, y_pred, sample_weight)
+        return _reducible(logs, self.distribute_strategy)
+
+    def _apply(self, update, variables: list, non_trainable: list) -> None:
+        """Applies `update`; a skipped step leaves every variable as it
+        was, restoring the model's own non-trainable ones (BatchNorm
+        statistics, seeds) from their snapshots `non_trainable`."""
+        learning_rate = self._learning_rate()
+        taken = [
+            (g, v) for g, v in zip(update.gradients, variables) if g is not None
+        ]
+
+        def apply(gradients):
+            self.optimizer.apply(gradients, [v for _, v in taken])
+
+        _run_if(self._optimizer_takes(update), apply, [g for g, _ in taken])
+        self._assign_decoupled(variables, update, learning_rate)
+        own = {id(v) for v in self._state.flat()}
+        restored = [
+            (v, value)
+            for v, value in zip(self.non_trainable_variables, non_trainable)
+            if id(v) not in own
+        ]
+
+        def restore(values):
+            for (v, _), value in zip(restored, values):
+                v.assign(value)
+
+        skipped = tf.greater(update.skipped, 0.0)
+        _run_if(skipped, restore, [value for _, value in restored])
+        self._state.assign(update.state)
+
+    def test_step(self, data):
+        return _reducible(super().test_step(data), self.distribute_strategy)
 
     def make_train_function(self, force=False):
         _check_micro_batches(
             self._options, self.distribute_strategy.num_replicas_in_sync
         )
+        _check_steps_per_execution(self)
         return super().make_train_function(force)
+
+    def make_test_function(self, force=False):
+        _check_steps_per_execution(self)
+        return super().make_test_function(force)
 
     def _micro_batches(self, data) -> list:
         first = next(t for t in tf.nest.flatten(data) if t is not None)
         if first.shape[0] is None:
             count = self._options.batch_splits
-            data = _assert_divisible(data, tf.shape(first)[0], count)
+            data = _assert_divisible(
+                data, tf.shape(first)[0], count, self._batch_splits_option
+            )
         return super()._micro_batches(data)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            data_batch = keras_internals.first_local_batch(
+                iterator, self.distribute_strategy
+            )
         return keras_internals.symbolic_build_before_tracing(
-            self, super()._maybe_symbolic_build, iterator, data_batch
+            self, super()._maybe_symbolic_build, data_batch
         )
 
     def _build_before_pass_one(self, x) -> None:

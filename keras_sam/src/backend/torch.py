@@ -124,12 +124,24 @@ class TorchSAMTrainer(SAMTrainer):
                 loss_scale,
                 pairs=pairs,
             )
-            learning_rate = self._learning_rate()
-            self.optimizer.apply(update.gradients, variables)
-            self._assign_decoupled(variables, update, learning_rate)
-            self._state.assign(update.state)
+            self._apply(update, variables, non_trainable, own)
         self._track(update)
         return self._train_logs(x, y, y_pred, sample_weight)
+
+    def _apply(self, update, variables, non_trainable, own) -> None:
+        """Applies `update`; a skipped step leaves every variable as it
+        was, restoring the model's own from their snapshots
+        (`non_trainable`, but for the SAM state's, whose ids are `own`)."""
+        learning_rate = self._learning_rate()
+        if self._optimizer_takes(update):
+            self.optimizer.apply(update.gradients, variables)
+        if update.skipped:
+            for v, value in zip(self.non_trainable_variables, non_trainable):
+                if id(v) not in own:
+                    v.assign(value)
+        else:
+            self._assign_decoupled(variables, update, learning_rate)
+        self._state.assign(update.state)
 
     def _release_clean_gradient(self, clean, direction, grads) -> None:
         """Pass 1's gradient is dead once the perturbation exists (unless

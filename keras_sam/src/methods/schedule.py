@@ -24,6 +24,12 @@ from keras import ops
 from keras_sam.src.methods.tensors import DELTA, global_dot, global_norm
 
 
+def valid_radius(rho):
+    """Whether a radius is in `[0, inf)` (a boolean scalar): a step whose
+    schedule gives one outside it is skipped, as a non-finite one is."""
+    return ops.logical_and(ops.isfinite(rho), ops.greater_equal(rho, 0.0))
+
+
 def rho_at(rho: float | Callable, t):
     """The radius at SAM step `t` (>= 0): a constant, or `rho(t)` for a
     `LearningRateSchedule` or any callable, called with `t` as a float32
