@@ -486,7 +486,15 @@ def test_callback_measures_a_sam_model_in_fit():
             lambda m: analysis.sharpness(m, X_Q, Y_Q, m=3),
             ValueError,
             "`m` must divide the number of examples, 8, so that every "
-            "batch holds m examples; received m=3.",
+            "batch holds m examples; received m=3. Pass the first 6 "
+            "examples, or a divisor of 8.",
+        ),
+        (
+            lambda m: analysis.sharpness(m, X_Q, Y_Q, m=16),
+            ValueError,
+            "`m` must be at most the number of examples, 8, and divide it, "
+            "so that every batch holds m examples; received m=16. Pass m=8 "
+            "(one batch), a divisor of 8, or at least 16 examples.",
         ),
         (
             lambda m: analysis.sharpness(m, X_Q, Y_Q, geometry="fisher"),
@@ -580,7 +588,8 @@ def test_callback_measures_a_sam_model_in_fit():
                 X_Q, Y_Q, measure="sharpness", batch_size=3
             ),
             ValueError,
-            "`m` must divide the number of examples, 8",
+            "`batch_size` must divide the number of examples, 8, so that "
+            "every batch holds batch_size examples; received batch_size=3.",
         ),
         (
             lambda m: analysis.FlatnessCallback(

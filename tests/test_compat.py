@@ -163,6 +163,22 @@ def test_bad_arguments_raise(kwargs, error, match):
         SharpnessAwareMinimization(_model(), **kwargs)
 
 
+def test_a_batch_that_num_batch_splits_does_not_divide_names_it():
+    """The error names this class's argument, not `SAMModel`'s
+    `batch_splits`."""
+    x, y = toy_classification(BATCH)
+    sam = SharpnessAwareMinimization(_model(), num_batch_splits=3)
+    compile_sgd(sam, run_eagerly=FEW_STEPS_EAGERLY)
+    with pytest.raises(ValueError) as info:
+        sam.fit(x, y, batch_size=BATCH, verbose=0)
+    assert str(info.value) == (
+        "num_batch_splits=3 splits each batch into 3 equal micro-batches, "
+        "and this batch has 8 examples. Use a batch size divisible by 3 "
+        "(and, for the last batch of an epoch, a dataset whose size is, or "
+        "`drop_remainder=True`)."
+    )
+
+
 def test_bad_model_raises():
     with pytest.raises(TypeError, match="model="):
         SharpnessAwareMinimization("model")

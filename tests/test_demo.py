@@ -172,6 +172,45 @@ def test_bad_arguments_are_clear_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def _help_entries(help_text: str) -> dict[str, str]:
+    """Each option of an argparse help text (its lines joined), by its
+    first flag."""
+    entries, flag = {}, None
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line
+        elif flag and line.startswith("   "):
+            entries[flag] += " " + line.strip()
+        else:
+            flag = None
+    return entries
+
+
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        ("demo", {"--epochs": "(default: 30)", "--noise": "(default: 0.3)"}),
+        ("flatness", {"--m": "(default: 128)", "--seed": "(default: 0)"}),
+    ],
+)
+def test_help_shows_every_default_and_the_backend(command, shown, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    entries = _help_entries(text)
+    options = {flag for flag in entries if flag != "-h"}
+    assert len(options) >= 6
+    for flag in options:
+        assert "(default: " in entries[flag], entries[flag]
+    for flag, default in shown.items():
+        assert entries[flag].endswith(default)
+    words = " ".join(text.split())  # the epilog, unwrapped
+    assert " ".join(cli.BACKEND_NOTE.split()) in words
+    assert "KERAS_BACKEND" in words and "else TensorFlow" in words
+
+
 def test_console_script_is_installed():
     # Beside the interpreter that runs the tests (a venv's bin/), calling
     # `cli.main` (whose arguments the tests above run in this process:

@@ -204,6 +204,33 @@ def test_invalid_arguments(kwargs, error, fragment):
         LAMB(**kwargs)
 
 
+@pytest.mark.parametrize("learning_rate", [-1.0, float("nan"), np.inf])
+def test_a_negative_or_non_finite_learning_rate_is_an_error(learning_rate):
+    with pytest.raises(ValueError) as info:
+        LAMB(learning_rate=learning_rate)
+    assert str(info.value) == (
+        "`learning_rate` must be a float >= 0, a keras.optimizers.schedules."
+        "LearningRateSchedule or a callable; received "
+        f"learning_rate={learning_rate!r}."
+    )
+
+
+@pytest.mark.parametrize(
+    "learning_rate, value",
+    [
+        (0.0, 0.0),
+        (0.5, 0.5),
+        (keras.optimizers.schedules.ExponentialDecay(-1.0, 10, 0.5), -1.0),
+        (lambda: -1.0, -1.0),
+    ],
+)
+def test_a_schedule_or_a_callable_is_not_checked(learning_rate, value):
+    """A float >= 0 is accepted; a schedule or a callable is Keras' to call
+    at each step, whatever it returns."""
+    optimizer = LAMB(learning_rate=learning_rate)
+    assert float(ops.convert_to_numpy(optimizer.learning_rate)) == value
+
+
 def _decayed_after_one_zero_gradient_step(optimizer, before_build=True):
     """The kernel and bias of a Dense layer (all ones) after one step with
     zero gradients: only the weight decay moves them. Trust ratio 1: the

@@ -19,14 +19,13 @@ Usage: `keras-sam flatness [--method sam] [--epochs 30] [--noise 0.3]
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import keras
 import numpy as np
 
 from keras_sam import PRESETS, analysis
-from keras_sam.demo import noisy_digits
+from keras_sam.demo import cli, noisy_digits
 
 NAMES = ("AdamW", "SAM")
 
@@ -124,14 +123,22 @@ def plot(line, measures: dict, path: str, title: str) -> None:
 
 
 def _arguments(argv):
-    parser = argparse.ArgumentParser(
-        prog="keras-sam flatness", description=__doc__.splitlines()[0]
-    )
+    parser = cli.command_parser("keras-sam flatness", __doc__.splitlines()[0])
     add = parser.add_argument
-    add("--method", default="sam", help="the SAM preset. Defaults to sam.")
-    add("--epochs", type=int, default=30)
-    add("--noise", type=float, default=0.3)
-    add("--model", choices=("vit", "mixer"), default="vit")
+    add("--method", default="sam", help="the SAM preset against AdamW")
+    add("--epochs", type=int, default=30, help="training epochs (>= 2)")
+    add(
+        "--noise",
+        type=float,
+        default=0.3,
+        help="the fraction of wrong training labels",
+    )
+    add(
+        "--model",
+        choices=("vit", "mixer"),
+        default="vit",
+        help="the example ViT or an MLP-Mixer",
+    )
     add("--examples", type=int, default=512, help="training examples measured")
     add("--m", type=int, default=128, help="the m of m-sharpness")
     add("--radius", type=float, default=0.05, help="the m-sharpness radius")
@@ -139,7 +146,12 @@ def _arguments(argv):
     add("--iterations", type=int, default=20, help="power iterations")
     add("--samples", type=int, default=10, help="Hutchinson samples")
     add("--points", type=int, default=11, help="landscape points per axis")
-    add("--seed", type=int, default=0)
+    add(
+        "--seed",
+        type=int,
+        default=0,
+        help="the seed of the label noise, weights and batch order",
+    )
     add("--plot", default="keras_sam_flatness.png", help="the PNG to write")
     args = parser.parse_args(argv)
     if args.method not in PRESETS:

@@ -20,7 +20,6 @@ Usage: `keras-sam demo [--methods sam,looksam] [--epochs 30] [--noise 0.3]
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import time
@@ -29,6 +28,7 @@ import keras
 import numpy as np
 
 from keras_sam import PRESETS, SAMModel
+from keras_sam.demo import cli
 from keras_sam.demo.models import mlp_mixer, vit
 from keras_sam.optimizers import LAMB
 
@@ -284,28 +284,38 @@ def plot(curves: dict, path: str, title: str) -> None:
 
 
 def _arguments(argv):
-    parser = argparse.ArgumentParser(
-        prog="keras-sam demo", description=__doc__.splitlines()[0]
-    )
+    parser = cli.command_parser("keras-sam demo", __doc__.splitlines()[0])
     parser.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
-        help="comma-separated presets. Defaults to %(default)s.",
+        help="comma-separated presets (their base optimizers run too)",
     )
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=30,
+        help="training epochs (>= 2: the first one compiles)",
+    )
     parser.add_argument(
         "--noise",
         type=float,
         default=0.3,
-        help="the fraction of wrong training labels; 0 for clean data. "
-        "Defaults to %(default)s.",
+        help="the fraction of wrong training labels; 0 for clean data",
     )
-    parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--model", choices=("vit", "mixer"), default="vit")
     parser.add_argument(
-        "--plot",
-        default="keras_sam_demo.png",
-        help="the PNG to write. Defaults to %(default)s.",
+        "--seeds",
+        type=int,
+        default=1,
+        help="runs per method, seeds 0 to N-1 (mean +- std in the table)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=("vit", "mixer"),
+        default="vit",
+        help="the example ViT or an MLP-Mixer",
+    )
+    parser.add_argument(
+        "--plot", default="keras_sam_demo.png", help="the PNG to write"
     )
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]

@@ -71,6 +71,9 @@ class SharpnessAwareMinimization(SAMModel):
         Generalization", ICLR 2021.
     """
 
+    # A batch that `num_batch_splits` does not divide: errors name it so.
+    _batch_splits_option = "num_batch_splits"
+
     def __init__(
         self,
         model: keras.layers.Layer,

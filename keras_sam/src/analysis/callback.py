@@ -149,7 +149,7 @@ class FlatnessCallback(keras.callbacks.Callback):
             check_choice("measure", measure, tuple(MEASURES))
             self._options = _options(measure, options)
             if measure == "sharpness":
-                sharpness.check_m(y, batch_size)
+                sharpness.check_m(y, batch_size, "batch_size")
             name = name or MEASURES[measure].key
         self.measure, self.every, self.name = measure, every, name
         self._data = (x, y, batch_size)

@@ -174,21 +174,31 @@ def measure(
     return Sharpness(per_batch, float(np.mean(per_batch)), stderr(per_batch))
 
 
-def check_m(y, m) -> None:
+def check_m(y, m, name: str = "m") -> None:
+    """`m` (the option `name`) is `None` or an int in `[1, len(y)]` that
+    divides the number of examples `len(y)`."""
     if m is None:
         return
     if y is None:
         raise ValueError(
-            "`m` applies to arrays; when `x` yields batches, each batch is "
-            f"one of the m-sharpness's batches. Received m={m!r}, y=None."
+            f"`{name}` applies to arrays; when `x` yields batches, each batch "
+            "is one of the m-sharpness's batches. Received "
+            f"{name}={m!r}, y=None."
         )
-    check_int("m", m, 1)
+    check_int(name, m, 1)
     n = len(y)
+    if m > n:
+        raise ValueError(
+            f"`{name}` must be at most the number of examples, {n}, and "
+            f"divide it, so that every batch holds {name} examples; "
+            f"received {name}={m}. Pass {name}={n} (one batch), a divisor "
+            f"of {n}, or at least {m} examples."
+        )
     if n % m:
         raise ValueError(
-            f"`m` must divide the number of examples, {n}, so that every "
-            f"batch holds m examples; received m={m}. Pass the first "
-            f"{n - n % m} examples, or another m."
+            f"`{name}` must divide the number of examples, {n}, so that "
+            f"every batch holds {name} examples; received {name}={m}. Pass "
+            f"the first {n - n % m} examples, or a divisor of {n}."
         )
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 
 import keras
 from keras import ops
 
-from keras_sam.src.validation import check_real
+from keras_sam.src.validation import check_real, is_real
 
 
 def _matcher(
@@ -21,6 +22,17 @@ def _matcher(
         return lambda v: bool(exclude(v))
     patterns = [re.compile(p) for p in exclude]
     return lambda v: any(p.search(v.path) for p in patterns)
+
+
+def _check_learning_rate(value) -> None:
+    """A float learning rate is finite and >= 0. Keras checks the other
+    forms (a schedule, a callable) and rejects the rest."""
+    if is_real(value) and not (math.isfinite(value) and value >= 0):
+        raise ValueError(
+            "`learning_rate` must be a float >= 0, a keras.optimizers."
+            "schedules.LearningRateSchedule or a callable; received "
+            f"learning_rate={value!r}."
+        )
 
 
 def _check_exclude(name: str, value) -> None:
@@ -67,8 +79,8 @@ class LAMB(keras.optimizers.Optimizer):
     normalization parameters are decayed and layer-adapted too.
 
     Args:
-        learning_rate: a float, a `LearningRateSchedule` or a callable.
-            Defaults to `0.001`.
+        learning_rate: a float >= 0, a `LearningRateSchedule` or a
+            callable. Defaults to `0.001`.
         beta_1: the decay of the first moment. Defaults to `0.9`.
         beta_2: the decay of the second moment. Defaults to `0.999`.
         epsilon: added to the root of the second moment. Defaults to `1e-6`.
@@ -118,6 +130,7 @@ class LAMB(keras.optimizers.Optimizer):
         name: str = "lamb",
         **kwargs,
     ):
+        _check_learning_rate(learning_rate)
         check_real("beta_1", beta_1, 0.0, 1.0)
         check_real("beta_2", beta_2, 0.0, 1.0)
         check_real("epsilon", epsilon, 0.0, None)
