@@ -31,7 +31,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps '$(TF_KERAS_PIN)'
 	touch $@
 
+# Headless Chromium for tests/test_docs_offline.py (the site opened with no
+# network): Debian's `chromium`, installed only when missing (apt-get, as
+# root); where it cannot be installed, those tests skip and say why.
 install: $(VENV)/.installed
+	@command -v chromium >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		--no-install-recommends chromium; } || \
+		echo "chromium not installed: tests/test_docs_offline.py skips"
 
 # The documentation site (mkdocs.yml), built strictly: any warning (a broken
 # link or anchor, a docstring that griffe cannot parse) fails the target.

@@ -57,6 +57,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # one worker running it alone at the end.
 SLOW_FIRST = (
     "test_distributed.py",
+    "test_multi_process_jax.py",
+    "test_preemption.py",
+    "test_multi_worker_tf.py",
     "test_examples.py",
     "test_saving.py",
     "test_models.py",

@@ -26,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 # Before any other TensorFlow operation: it configures the collectives.
 STRATEGY = tf.distribute.MultiWorkerMirroredStrategy()
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from distributed import BATCH, CASES, batches  # noqa: E402
 from helpers import compile_sgd, reference_mlp  # noqa: E402
@@ -114,6 +115,22 @@ def errors() -> dict:
     }
 
 
+def backups(directory: pathlib.Path, index: int) -> dict:
+    """Where this worker's `BackupAndRestore`, given the `backup_dir` both
+    workers share, writes (kept: `delete_checkpoint=False`): the files in
+    its subdirectory, and any file in the shared directory itself."""
+    with STRATEGY.scope():
+        sam = SAMModel(reference_mlp(init_params()))
+        compile_sgd(sam)
+    backup = keras.callbacks.BackupAndRestore(
+        directory, delete_checkpoint=False
+    )
+    sam.fit(dataset(), shuffle=False, verbose=0, callbacks=[backup])
+    own = sorted(f.name for f in (directory / f"worker_{index}").iterdir())
+    shared = sorted(f.name for f in directory.iterdir() if f.is_file())
+    return {"backups/own": np.array(own), "backups/shared": np.array(shared)}
+
+
 def main(out_dir: str) -> None:
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     first = next(iter(STRATEGY.experimental_distribute_dataset(dataset())))
@@ -125,6 +142,7 @@ def main(out_dir: str) -> None:
         case, options = SINGLE[key]
         out |= results(f"{key}/single", train(case, **options), key == "sam")
     out |= errors()
+    out |= backups(pathlib.Path(out_dir) / "backups", index)
     np.savez(pathlib.Path(out_dir) / f"worker{index}.npz", **out)
 
 

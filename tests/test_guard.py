@@ -176,3 +176,17 @@ def test_a_radius_schedule_outside_its_range_skips_the_step(radius):
     for a, b in zip(values, initial):
         np.testing.assert_array_equal(a, b)
     assert logs["sam_skipped"] == 4.0
+
+
+def test_fit_takes_its_arguments_in_keras_order():
+    """`SAMModel.fit` adds its guard without changing `fit`'s signature:
+    callbacks given by position, as `keras.Model.fit` takes them."""
+    seen = []
+    callback = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(epoch)
+    )
+    sam = SAMModel(_mlp())
+    compile_sgd(sam)
+    x, y = toy_classification(16)
+    sam.fit(x, y, 8, 2, 0, [callback])
+    assert seen == [0, 1]

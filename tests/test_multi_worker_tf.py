@@ -133,3 +133,15 @@ def test_steps_per_execution_is_a_clear_error(workers, method):
         assert error.startswith("ValueError: steps_per_execution=2 ")
         assert "MultiWorkerMirroredStrategy on several workers" in error
         assert "Compile with steps_per_execution=1" in error
+
+
+def test_workers_sharing_a_backup_dir_back_up_to_their_own(workers):
+    """One `backup_dir` given to both workers' `BackupAndRestore`: each
+    writes its own subdirectory (one HDF5 file cannot be written by two
+    processes)."""
+    for worker in workers:
+        assert list(worker["backups/own"]) == [
+            "latest.weights.h5",
+            "training_metadata.json",
+        ]
+        assert len(worker["backups/shared"]) == 0

@@ -1,6 +1,12 @@
-// MathJax configuration for pymdownx.arithmatex (generic mode), as the
-// mkdocs-material documentation recommends; MathJax itself loads from a CDN.
+// MathJax configuration for pymdownx.arithmatex (generic mode), after the
+// mkdocs-material documentation. MathJax itself is served with the site
+// (docs/vendor/mathjax/), loaded right after this file (mkdocs.yml).
 window.MathJax = {
+  // The theme's `document$` below typesets every page it shows, the first
+  // one included. MathJax typesetting the page on its own as well could come
+  // first, and the `clearCache()` below would then drop the styles of the
+  // characters already typeset: the math would show nothing.
+  startup: { typeset: false },
   tex: {
     inlineMath: [["\\(", "\\)"]],
     displayMath: [["\\[", "\\]"]],
@@ -14,8 +20,16 @@ window.MathJax = {
 };
 
 document$.subscribe(() => {
-  MathJax.startup.output.clearCache();
-  MathJax.typesetClear();
-  MathJax.texReset();
-  MathJax.typesetPromise();
+  // Until MathJax has loaded, `window.MathJax` is the configuration above:
+  // when its script is missing or blocked, the TeX stays as it is and
+  // nothing throws.
+  if (typeof MathJax.typesetPromise !== "function") {
+    return;
+  }
+  MathJax.startup.promise.then(() => {
+    MathJax.startup.output.clearCache();
+    MathJax.typesetClear();
+    MathJax.texReset();
+    return MathJax.typesetPromise();
+  });
 });

@@ -10,7 +10,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_sam.src import guard
+from keras_sam.src import checkpoints, guard
 from keras_sam.src.backend import BackendSAMTrainer, check_supported
 from keras_sam.src.methods import masks, nuclear
 from keras_sam.src.options import (
@@ -355,7 +355,17 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             # needs one): the plan, and the state of new variables, follow.
             self._make_plan()
 
-    def fit(self, *args, callbacks=None, **kwargs):
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        *args,
+        **kwargs,
+    ):
         """Trains as `keras.Model.fit` does, guarded.
 
         A layer frozen or unfrozen since `compile()` raises before the
@@ -365,15 +375,24 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         the model can be saved, evaluated or trained again once the cause is
         fixed: the values of the last completed step, or of the epoch's
         start where Keras' JAX trainer had not yet written a step back.
+
+        In a multi-process run, each `keras.callbacks.BackupAndRestore`
+        backs up to a subdirectory of its `backup_dir` per process (JAX's
+        `process_0`, `process_1`, ...; TensorFlow's `worker_0`, ...), as
+        one HDF5 file cannot be written by several processes, and only
+        once the steps dispatched before the backup have run
+        (`keras_sam/src/checkpoints.py`).
         """
         if self._plan is not None:
             self._check_plan()
         keeper = guard.ValuesKept()
         if isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = callbacks.callbacks
-        callbacks = [*(callbacks or []), keeper]
+        callbacks = [*checkpoints.per_process(callbacks or [], self), keeper]
         try:
-            return super().fit(*args, callbacks=callbacks, **kwargs)
+            return super().fit(
+                x, y, batch_size, epochs, verbose, callbacks, *args, **kwargs
+            )
         except BaseException:
             keeper.restore()
             raise
