@@ -34,6 +34,12 @@ STEPS, BATCH = 6, 16
 SEQUENCE = ("plain", "sam", "looksam", "fsam", "nusam", "plain")
 
 
+def sequence_ascent(i: int) -> str:
+    """The `ascent` of model `i` of `SEQUENCE` under TensorFlow's strategies:
+    the two alternate, so that one sequence has both."""
+    return ("global", "per_replica")[i % 2]
+
+
 def batches():
     x, y = make_batches(n_batches=STEPS, batch=BATCH)
     return x.astype("float32"), y

@@ -5,9 +5,10 @@ be configured before TensorFlow starts) trains every case of `CASES` on one
 device with XLA, and on two replicas with `ascent="global"` and
 `"per_replica"`, all under one strategy between two plain models (and
 `SPLIT_CASES` with each replica's batch split in two); then the models of
-`SEQUENCE`, each under a new strategy, for both ascents. It saves the flat
-weights after each run and, for the distributed runs, the largest difference
-between the two replicas' copies of any variable (the SAM state included).
+`SEQUENCE`, each under a new strategy, the ascents alternating. It saves
+the flat weights after each run and, for the distributed runs, the largest
+difference between the two replicas' copies of any variable (the SAM state
+included).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from distributed import CASES, SEQUENCE, SPLIT_CASES, train  # noqa: E402
+from distributed import (  # noqa: E402
+    CASES,
+    SEQUENCE,
+    SPLIT_CASES,
+    sequence_ascent,
+    train,
+)
 from helpers import reference_mlp, toy_classification  # noqa: E402
 from processes import SavedResults  # noqa: E402
 from reference import init_params  # noqa: E402
@@ -102,11 +109,10 @@ def main(path: str) -> None:
             out[f"skipping/{scaling}/weights"] = weights
         without = np.r_[0:16, 32:64]  # the run without the bad batch
         out["skipping/without"] = skipping(False, without)[1]
-    for ascent in ("global", "per_replica"):
-        for i, name in enumerate(SEQUENCE):
-            options = {} if name == "plain" else {"ascent": ascent}
-            with mirrored().scope():  # a new strategy per model
-                out[f"sequence/{ascent}/{i}"] = train(name, **options)
+    for i, name in enumerate(SEQUENCE):
+        options = {} if name == "plain" else {"ascent": sequence_ascent(i)}
+        with mirrored().scope():  # a new strategy per model
+            out[f"sequence/{i}"] = train(name, **options)
 
 
 if __name__ == "__main__":

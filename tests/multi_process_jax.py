@@ -6,7 +6,7 @@
 `XLA_FLAGS=--xla_force_host_platform_device_count=2` (the test imports its
 tables on every backend, so JAX is imported only in `main`): after
 `keras.distribution.initialize()`, every case of `CASES` trains over the
-global devices, fed each way of `FEEDS`:
+global devices, fed as `RUNS` says:
 
 - "dataset": a `tf.data.Dataset` of the global batches; Keras rebatches it
   and keeps this process's part of every batch (`auto_shard_dataset`).
@@ -50,7 +50,14 @@ ONE_DEVICE = {
     "looksam": ("looksam", {}),
     "nusam_model_parallel": ("nusam", {}),
 }
-FEEDS = ("dataset", "arrays")
+# Every case is fed per-process arrays; the dataset, which Keras shards,
+# feeds the cases where the shard each device gets matters: the replicas of
+# `ascent="per_replica"`, and ModelParallel's batch axis across processes.
+RUNS = [
+    *((case, "arrays") for case in CASES),
+    ("sam_per_replica", "dataset"),
+    ("nusam_model_parallel", "dataset"),
+]
 
 
 def global_batches() -> tuple[np.ndarray, np.ndarray]:
@@ -136,16 +143,16 @@ def main(out_dir: str) -> None:
     assert jax.process_count() == 2 and jax.device_count() == 4
     rank, processes = jax.process_index(), jax.process_count()
     out = {}
-    for case, (name, options, kind) in CASES.items():
-        for feed_name in FEEDS:
-            # Fresh layer names for the layout map; without the full
-            # garbage collection (most of a second).
-            keras.backend.clear_session(free_memory=False)
-            data = feed(feed_name, rank, processes)
-            with distribution(kind, feed_name == "dataset").scope():
-                result = fit(name, data, **options)
-            for key, value in result.items():
-                out[f"{case}/{feed_name}/{key}"] = value
+    for case, feed_name in RUNS:
+        name, options, kind = CASES[case]
+        # Fresh layer names for the layout map; without the full garbage
+        # collection (most of a second).
+        keras.backend.clear_session(free_memory=False)
+        data = feed(feed_name, rank, processes)
+        with distribution(kind, feed_name == "dataset").scope():
+            result = fit(name, data, **options)
+        for key, value in result.items():
+            out[f"{case}/{feed_name}/{key}"] = value
     shared = list(ONE_DEVICE.items())[rank::processes]
     for case, (name, options) in shared:
         data = dict(zip(("x", "y"), global_batches()), batch_size=BATCH)

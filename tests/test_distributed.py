@@ -19,6 +19,7 @@ from distributed import (
     SEQUENCE,
     SPLIT_CASES,
     reference,
+    sequence_ascent,
 )
 from processes import (
     HERE,
@@ -94,21 +95,21 @@ def _expected(name: str, runs: dict, replicas: int | None = None):
 
 
 @tf_only
-@pytest.mark.parametrize("ascent", ["global", "per_replica"])
-def test_mirrored_models_in_sequence_each_with_a_new_strategy(mirrored, ascent):
+def test_mirrored_models_in_sequence_each_with_a_new_strategy(mirrored):
     """A notebook or a sweep: plain Keras models and SAMModels of several
-    presets trained one after the other in one process, each under a new
-    MirroredStrategy (TensorFlow numbers every strategy's collectives alike;
-    a SAMModel's strategy takes keys of its own). Each equals its run on
-    one device (its per-replica reference with `"per_replica"`)."""
-    replicas = 2 if ascent == "per_replica" else None
+    presets, with both ascents, trained one after the other in one process,
+    each under a new MirroredStrategy (TensorFlow numbers every strategy's
+    collectives alike; a SAMModel's strategy takes keys of its own). Each
+    equals its run on one device (its per-replica reference with
+    `"per_replica"`)."""
     for i, name in enumerate(SEQUENCE):
+        per_replica = sequence_ascent(i) == "per_replica"
         np.testing.assert_allclose(
-            mirrored[f"sequence/{ascent}/{i}"],
-            _expected(name, mirrored, replicas),
+            mirrored[f"sequence/{i}"],
+            _expected(name, mirrored, 2 if per_replica else None),
             rtol=1e-5,
             atol=1e-6,
-            err_msg=f"model {i} ({name})",
+            err_msg=f"model {i} ({name}, {sequence_ascent(i)})",
         )
 
 

@@ -6,9 +6,12 @@ step); errors keras-sam can see before a step come before it."""
 import keras
 import numpy as np
 import pytest
-from helpers import compile_sgd, toy_classification
+from helpers import FEW_STEPS_EAGERLY, compile_sgd, toy_classification
 
 from keras_sam import SAMModel
+
+# The errors' tests take a few steps, eagerly on TensorFlow (helpers.py);
+# the skipped steps' tests run the compiled step everywhere.
 
 
 def _mlp() -> keras.Model:
@@ -43,7 +46,7 @@ def test_an_error_in_the_first_step_keeps_the_model(tmp_path):
     """`batch_splits=3` and batches of 16: the step's own error, after
     which the model is whole and a corrected `fit` trains it."""
     sam = SAMModel(_mlp(), batch_splits=3)
-    compile_sgd(sam)
+    compile_sgd(sam, run_eagerly=FEW_STEPS_EAGERLY)
     sam.build((None, 6))
     initial = sam.inner.get_weights()
     with pytest.raises(ValueError, match="batch_splits=3"):
@@ -59,7 +62,7 @@ def test_an_error_in_a_callable_rho_keeps_a_trained_model(tmp_path):
     under a SAMModel with a working schedule."""
     model = _mlp()
     trained = SAMModel(model)
-    compile_sgd(trained)
+    compile_sgd(trained, run_eagerly=FEW_STEPS_EAGERLY)
     trained.fit(*toy_classification(48), batch_size=16, verbose=0)
     weights = model.get_weights()
 
@@ -67,12 +70,12 @@ def test_an_error_in_a_callable_rho_keeps_a_trained_model(tmp_path):
         raise ZeroDivisionError("the schedule failed")
 
     sam = SAMModel(model, rho=failing)
-    compile_sgd(sam)
+    compile_sgd(sam, run_eagerly=FEW_STEPS_EAGERLY)
     with pytest.raises(ZeroDivisionError, match="the schedule failed"):
         sam.fit(*toy_classification(48), batch_size=16, verbose=0)
     _assert_whole(sam, weights, tmp_path)
     fixed = SAMModel(model, rho=lambda step: 0.05)
-    compile_sgd(fixed)
+    compile_sgd(fixed, run_eagerly=FEW_STEPS_EAGERLY)
     _assert_trains(fixed, batch_size=16)
 
 
@@ -86,14 +89,14 @@ def test_trainability_changed_since_compile_raises_before_any_step(
     model = _mlp()
     model.get_layer("hidden").trainable = change == "freeze"
     sam = SAMModel(model)
-    compile_sgd(sam)
+    compile_sgd(sam, run_eagerly=FEW_STEPS_EAGERLY)
     sam.fit(*toy_classification(48), batch_size=16, verbose=0)
     trained = model.get_weights()
     model.get_layer("hidden").trainable = change == "unfreeze"
     with pytest.raises(RuntimeError, match="call compile\\(\\) again"):
         sam.fit(*toy_classification(48), batch_size=16, verbose=0)
     _assert_whole(sam, trained, tmp_path)
-    compile_sgd(sam)
+    compile_sgd(sam, run_eagerly=FEW_STEPS_EAGERLY)
     _assert_trains(sam, batch_size=16)
     hidden = [w.numpy() for w in model.get_layer("hidden").weights]
     frozen = change == "freeze"
@@ -186,7 +189,7 @@ def test_fit_takes_its_arguments_in_keras_order():
         on_epoch_end=lambda epoch, logs: seen.append(epoch)
     )
     sam = SAMModel(_mlp())
-    compile_sgd(sam)
+    compile_sgd(sam, run_eagerly=FEW_STEPS_EAGERLY)
     x, y = toy_classification(16)
     sam.fit(x, y, 8, 2, 0, [callback])
     assert seen == [0, 1]

@@ -227,8 +227,9 @@ class TensorFlowSAMTrainer(SAMTrainer):
             for (v, _), value in zip(restored, values):
                 v.assign(value)
 
-        skipped = tf.greater(update.skipped, 0.0)
-        _run_if(skipped, restore, [value for _, value in restored])
+        if restored:
+            skipped = tf.greater(update.skipped, 0.0)
+            _run_if(skipped, restore, [value for _, value in restored])
         self._state.assign(update.state)
 
     def test_step(self, data):
