@@ -107,15 +107,8 @@ class JaxSAMTrainer(SAMTrainer):
             step.commit(non_trainable, out.non_trainable, applied),
             update.state,
         )
-        new_trainable, new_optimizer_values = self.optimizer.stateless_apply(
-            optimizer_values, update.gradients, trainable
-        )
-        new_trainable = self._decoupled(new_trainable, update, learning_rate)
-        trainable = step.commit(trainable, new_trainable, applied)
-        optimizer_values = step.commit(
-            optimizer_values,
-            new_optimizer_values,
-            self._optimizer_takes(update),
+        trainable, optimizer_values = self._apply(
+            update, trainable, optimizer_values, learning_rate
         )
         with self._stateless(out.metrics, self.metrics_variables) as scope:
             self._track(update)
@@ -129,6 +122,26 @@ class JaxSAMTrainer(SAMTrainer):
             )
         state = (trainable, new_non_trainable, optimizer_values, metrics_values)
         return logs, state
+
+    def _apply(self, update, trainable, optimizer_values, learning_rate):
+        """The trainable and optimizer values after the base optimizer's
+        step, or as they were if it does not take it (a skipped step; a
+        `LossScaleOptimizer` takes one with non-finite gradients, and leaves
+        the weights as they were). A conditional, not a selection after the
+        update: XLA updates the donated buffers in place."""
+
+        def apply():
+            new, new_optimizer_values = self.optimizer.stateless_apply(
+                optimizer_values, update.gradients, trainable
+            )
+            new = self._decoupled(new, update, learning_rate)
+            return list(new), list(new_optimizer_values)
+
+        return ops.cond(
+            self._optimizer_takes(update),
+            apply,
+            lambda: (list(trainable), list(optimizer_values)),
+        )
 
     def _gradients(
         self,
