@@ -33,13 +33,34 @@ USED = (
 # Backend-specific ones, checked on that backend: a trainer class of
 # `keras.Model`'s on that backend, or a module (named in full).
 _TF_TRAINER = "keras.src.backend.tensorflow.trainer"
+# `"MirroredStrategy.extended"`: the `extended` of a `MirroredStrategy`;
+# `"tf.__internal__.distribute"`: TensorFlow's internal API.
 USED_BY_BACKEND = {
     "jax": (("JAXTrainer", "_update_metrics_variables"),),
     "tensorflow": (
         ("TensorFlowTrainer", "_maybe_symbolic_build"),
+        ("TensorFlowTrainer", "_distribute_strategy"),
         (_TF_TRAINER, "_collective_all_reduce_multi_worker"),
+        ("MirroredStrategy.extended", "_collective_key_base"),
+        ("MirroredStrategy.extended", "_collective_ops"),
+        ("MirroredStrategy.extended", "_cross_device_ops"),
+        ("MirroredStrategy.extended", "_make_collective_ops_with_fallbacks"),
+        ("tf.__internal__.distribute", "strategy_supports_no_merge_call"),
     ),
 }
+
+
+def set_collective_key_base(strategy, base: int) -> None:
+    """Gives a `MirroredStrategy` collective keys from `base` on, as
+    TensorFlow's own tests space their strategies
+    (`MirroredStrategy._collective_key_base`), by rebuilding its collective
+    ops (and its cross-device ops, where they are those)."""
+    extended = strategy.extended
+    collective = extended._collective_ops
+    extended._collective_key_base = base
+    extended._collective_ops = extended._make_collective_ops_with_fallbacks()
+    if extended._cross_device_ops is collective:
+        extended._cross_device_ops = extended._collective_ops
 
 
 def strategy_supports_no_merge_call() -> bool:

@@ -107,7 +107,7 @@ class JaxSAMTrainer(SAMTrainer):
             step.commit(non_trainable, out.non_trainable, applied),
             update.state,
         )
-        trainable, optimizer_values = self._apply(
+        trainable, optimizer_values = self._apply_update(
             update, trainable, optimizer_values, learning_rate
         )
         with self._stateless(out.metrics, self.metrics_variables) as scope:
@@ -123,7 +123,7 @@ class JaxSAMTrainer(SAMTrainer):
         state = (trainable, new_non_trainable, optimizer_values, metrics_values)
         return logs, state
 
-    def _apply(self, update, trainable, optimizer_values, learning_rate):
+    def _apply_update(self, update, trainable, optimizer_values, learning_rate):
         """The trainable and optimizer values after the base optimizer's
         step, or as they were if it does not take it (a skipped step; a
         `LossScaleOptimizer` takes one with non-finite gradients, and leaves

@@ -148,19 +148,13 @@ def isolate_collectives(strategy) -> None:
     as TensorFlow's tests do with `MirroredStrategy._collective_key_base`;
     the others keep theirs.
     """
-    extended = strategy.extended
     if (
         not isinstance(strategy, tf.distribute.MirroredStrategy)
         or strategy in _isolated
-        or not hasattr(extended, "_make_collective_ops_with_fallbacks")
     ):
         return
     _isolated.add(strategy)
-    collective = extended._collective_ops
-    extended._collective_key_base = next(_key_bases)
-    extended._collective_ops = extended._make_collective_ops_with_fallbacks()
-    if extended._cross_device_ops is collective:
-        extended._cross_device_ops = extended._collective_ops
+    keras_internals.set_collective_key_base(strategy, next(_key_bases))
 
 
 class TensorFlowSAMTrainer(SAMTrainer):
@@ -197,12 +191,14 @@ class TensorFlowSAMTrainer(SAMTrainer):
         update = self._sam_update(
             groups, values, state, loss, inputs, loss_scale, replicas, pairs
         )
-        self._apply(update, variables, non_trainable)
+        self._apply_update(update, variables, non_trainable)
         self._track(update)
         logs = self._train_logs(x, y, y_pred, sample_weight)
         return _reducible(logs, self.distribute_strategy)
 
-    def _apply(self, update, variables: list, non_trainable: list) -> None:
+    def _apply_update(
+        self, update, variables: list, non_trainable: list
+    ) -> None:
         """Applies `update`; a skipped step leaves every variable as it
         was, restoring the model's own non-trainable ones (BatchNorm
         statistics, seeds) from their snapshots `non_trainable`."""

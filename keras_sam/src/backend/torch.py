@@ -124,11 +124,11 @@ class TorchSAMTrainer(SAMTrainer):
                 loss_scale,
                 pairs=pairs,
             )
-            self._apply(update, variables, non_trainable, own)
+            self._apply_update(update, variables, non_trainable, own)
         self._track(update)
         return self._train_logs(x, y, y_pred, sample_weight)
 
-    def _apply(self, update, variables, non_trainable, own) -> None:
+    def _apply_update(self, update, variables, non_trainable, own) -> None:
         """Applies `update`; a skipped step leaves every variable as it
         was, restoring the model's own from their snapshots
         (`non_trainable`, but for the SAM state's, whose ids are `own`)."""
