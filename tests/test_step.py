@@ -159,7 +159,7 @@ def test_after_ascent_stores_lookSAM_g_v():
 
 def test_reuse_is_the_clean_gradient_or_lookSAM_reuse():
     sam_k = resolve_options("samk")
-    state = SAMState(0, [], [], [])
+    state = SAMState(0, [], [], [], [])
     branch = step.reuse(
         PLAN,
         sam_k,
@@ -176,7 +176,7 @@ def test_reuse_is_the_clean_gradient_or_lookSAM_reuse():
     )
     look = resolve_options("looksam", reuse_scale="stored", alpha=0.5)
     g_v = [np.ones(2), np.zeros(3), np.ones((2, 2))]
-    state = SAMState(0, [], _t(g_v), [])
+    state = SAMState(0, [], _t(g_v), [], [])
     scaled = [2.0 * g for g in GRADS]  # pass 1 under a loss scale of 2
     branch = step.reuse(
         PLAN,
@@ -195,8 +195,8 @@ def test_reuse_is_the_clean_gradient_or_lookSAM_reuse():
 
 
 def test_commit_keeps_the_old_state_unless_ok():
-    old = SAMState(ops.convert_to_tensor(3), _t([np.zeros(2)]), [], [])
-    new = SAMState(ops.convert_to_tensor(4), _t([np.ones(2)]), [], [])
+    old = SAMState(ops.convert_to_tensor(3), _t([np.zeros(2)]), [], [], [])
+    new = SAMState(ops.convert_to_tensor(4), _t([np.ones(2)]), [], [], [])
     kept = step.commit(old, new, ops.convert_to_tensor(False))
     assert int(ops.convert_to_numpy(kept.iterations)) == 3
     moved = step.commit(old, new, ops.convert_to_tensor(True))

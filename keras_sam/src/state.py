@@ -20,7 +20,7 @@ class SAMState(NamedTuple):
     """The persistent state of a SAM method (values or Keras variables).
 
     Attributes:
-        iterations: the count of steps with a finite gradient (int32); the
+        iterations: the count of steps that were not skipped (int32); the
             SAM step is `t = iterations - start_step`.
         ema: F-SAM's EMA of the clean gradient, one float32 tensor per
             perturbed variable (`[]` without `friendly`).
@@ -39,7 +39,7 @@ class SAMState(NamedTuple):
     ema: list
     g_v: list
     u: list
-    norm_stats: list = []
+    norm_stats: list
 
 
 def _constant(value: np.ndarray):
