@@ -561,3 +561,19 @@ def test_decoupled_wsam_refuses_gradient_accumulation():
         optimizer=keras.optimizers.SGD(gradient_accumulation_steps=2),
         loss="mse",
     )
+
+
+def test_real_options_are_stored_as_floats_and_callables_as_given():
+    """An integer given for a real option is stored as a float (the option
+    table's `converts`); a callable radius is kept as it is."""
+    sam = SAMModel(_mlp(), "wsam", rho=1, gamma=0)
+    assert type(sam.options.rho) is float and sam.options.rho == 1.0
+    assert type(sam.options.gamma) is float
+    assert sam.options.k is None  # where an option does not apply
+
+    def radius(step):
+        return 0.1
+
+    assert SAMModel(_mlp(), rho=radius).options.rho is radius
+    sam = SAMModel(_mlp(), "looksam", alpha=1, k=3)
+    assert type(sam.options.alpha) is float and type(sam.options.k) is int

@@ -334,7 +334,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         model = keras.saving.deserialize_keras_object(
             config.pop("model"), custom_objects=custom_objects
         )
-        for name in ("rho", "perturb", "policy_threshold"):
+        for name in OPTION_NAMES:  # a callable was saved as a Keras object
             if name in config:
                 config[name] = deserialize_option(config[name])
         return cls(model, **config)

@@ -157,6 +157,9 @@ class Option:
         applies: `Point -> bool`: where the option applies. Elsewhere giving
             it is an error and its resolved value is `None`.
         where: where it applies, in words, for that error.
+        converts: what a given value is stored as (`float` for the real
+            options; a callable or a schedule is kept as it is), or `None`:
+            as given.
     """
 
     name: str
@@ -165,6 +168,7 @@ class Option:
     summary: str
     applies: Callable[[Point], bool] = _always
     where: str = ""
+    converts: Callable[[Any], Any] | None = None
 
     def default_at(self, point: Point) -> Any:
         return self.default(point) if callable(self.default) else self.default
@@ -177,6 +181,7 @@ OPTIONS: tuple[Option, ...] = (
         0.05,
         "the radius: a float >= 0, a LearningRateSchedule or a callable of "
         "the SAM step",
+        converts=float,
     ),
     Option(
         "perturb",
@@ -213,6 +218,7 @@ OPTIONS: tuple[Option, ...] = (
         "ASAM's or Fisher-SAM's eta",
         lambda p: p.geometry in ("adaptive", "fisher"),
         "to the adaptive and fisher geometries (methods asam, fasam, fisher)",
+        converts=float,
     ),
     Option(
         "normalize_bias",
@@ -244,6 +250,7 @@ OPTIONS: tuple[Option, ...] = (
         "F-SAM's lambda",
         lambda p: p.friendly,
         "with friendly=True (F-SAM)",
+        converts=float,
     ),
     Option(
         "sigma",
@@ -252,6 +259,7 @@ OPTIONS: tuple[Option, ...] = (
         "F-SAM's sigma",
         lambda p: p.friendly,
         "with friendly=True (F-SAM)",
+        converts=float,
     ),
     Option(
         "reuse",
@@ -275,6 +283,7 @@ OPTIONS: tuple[Option, ...] = (
         "LookSAM's reuse weight",
         lambda p: p.reuse == "look",
         "with reuse='look'",
+        converts=float,
     ),
     Option(
         "reuse_scale",
@@ -299,6 +308,7 @@ OPTIONS: tuple[Option, ...] = (
         "AE-SAM's delta, the decay of the running mean and variance of ||g||^2",
         lambda p: p.policy == "adaptive",
         "with policy='adaptive' (AE-SAM)",
+        converts=float,
     ),
     Option(
         "policy_threshold",
@@ -308,6 +318,7 @@ OPTIONS: tuple[Option, ...] = (
         "SAM step",
         lambda p: p.policy == "adaptive",
         "with policy='adaptive' (AE-SAM)",
+        converts=float,
     ),
     Option(
         "power_iterations",
@@ -331,6 +342,7 @@ OPTIONS: tuple[Option, ...] = (
         "GSAM's alpha, the weight of the ascent along g_perp",
         lambda p: p.descent == "gsam",
         "with descent='gsam' (GSAM)",
+        converts=float,
     ),
     Option(
         "gamma",
@@ -339,6 +351,7 @@ OPTIONS: tuple[Option, ...] = (
         "WSAM's gamma: the sharpness term weighs gamma / (1 - gamma)",
         lambda p: p.descent == "wsam",
         "with descent='wsam' (WSAM)",
+        converts=float,
     ),
     Option(
         "decoupled",
@@ -528,17 +541,6 @@ def _check_policy(policy: str, reuse: str | None) -> None:
         )
 
 
-FLOAT_OPTIONS = (
-    "eta",
-    "ema_decay",
-    "sigma",
-    "alpha",
-    "policy_decay",
-    "gsam_alpha",
-    "gamma",
-)
-
-
 def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
     """Applies the preset of `method`, then the options given; checks all.
 
@@ -575,10 +577,8 @@ def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
             values[option.name] = None
     _check_linf(method, preset.geometry, values["norm"])
     _check_policy(values["policy"], values["reuse"])
-    for name in FLOAT_OPTIONS:
-        if values[name] is not None:
-            values[name] = float(values[name])
-    for name in ("rho", "policy_threshold"):
-        if values[name] is not None and not callable(values[name]):
-            values[name] = float(values[name])
+    for option in OPTIONS:
+        value = values[option.name]
+        if option.converts and value is not None and not callable(value):
+            values[option.name] = option.converts(value)
     return SAMOptions(method=method, geometry=preset.geometry, **values)
