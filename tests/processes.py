@@ -66,6 +66,19 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def jax_cluster(ranks: int, **extra) -> Callable[[int], dict]:
+    """`run_ranks`'s `rank_environment` for a JAX job of `ranks` processes:
+    rank r's variables for `keras.distribution.initialize()` (a coordinator
+    on a free port), with `extra`."""
+    address = f"localhost:{free_ports(1)[0]}"
+    return lambda rank: {
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES": address,
+        "KERAS_DISTRIBUTION_NUM_PROCESSES": str(ranks),
+        "KERAS_DISTRIBUTION_PROCESS_ID": str(rank),
+        **extra,
+    }
+
+
 def _kill(process: subprocess.Popen) -> None:
     """Kills `process` and everything it started (its own session)."""
     if process.poll() is None:

@@ -9,7 +9,6 @@ processes without TensorFlow.
 """
 
 import os
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from conftest import BACKEND
 from distributed import STEPS, batches
 from helpers import LR
 from multi_process_jax import CASES, RUNS
-from processes import HERE, free_ports, run_ranks
+from processes import HERE, jax_cluster, run_ranks
 from reference import Config, Reference, init_params, step_per_replica
 from test_golden import CASES as GOLDEN
 
@@ -31,25 +30,13 @@ pytestmark = [
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
 
 
-def _cluster(ranks: int, **extra) -> Callable[[int], dict]:
-    """Rank r's environment for `keras.distribution.initialize()` (a
-    coordinator on a free port), with `extra`."""
-    address = f"localhost:{free_ports(1)[0]}"
-    return lambda rank: {
-        "KERAS_DISTRIBUTION_JOB_ADDRESSES": address,
-        "KERAS_DISTRIBUTION_NUM_PROCESSES": str(ranks),
-        "KERAS_DISTRIBUTION_PROCESS_ID": str(rank),
-        **extra,
-    }
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     """What each of the 2 ranks saved."""
     out = tmp_path_factory.mktemp("multi_process")
     run_ranks(
         [HERE / "multi_process_jax.py", out],
-        _cluster(2),
+        jax_cluster(2),
         backend="jax",
         xla_flags=TWO_DEVICES,
     )
@@ -186,7 +173,7 @@ def test_tpu_example_on_two_processes_equals_one(tmp_path):
     )
     two = run_ranks(
         [*EXAMPLE, "--multi-host"],
-        _cluster(2, PYTHONPATH=no_tensorflow),
+        jax_cluster(2, PYTHONPATH=no_tensorflow),
         backend="jax",
         xla_flags=TWO_DEVICES,
     )

@@ -18,7 +18,13 @@ import pytest
 from conftest import BACKEND
 from helpers import FEW_STEPS_EAGERLY, compile_sgd, reference_mlp
 from preemption import BATCH, CASES, EPOCHS, data, reference
-from processes import HERE, environment, free_ports, run_python, run_ranks
+from processes import (
+    HERE,
+    environment,
+    jax_cluster,
+    run_python,
+    run_ranks,
+)
 from reference import init_params
 
 from keras_sam.src import checkpoints
@@ -114,16 +120,9 @@ jax_only = pytest.mark.skipif(
 )
 
 
-def _ranks(args: list, port: int, killed_ok: bool = False) -> None:
-    def rank_environment(rank: int) -> dict:
-        return {
-            "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
-            "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
-            "KERAS_DISTRIBUTION_PROCESS_ID": str(rank),
-        }
-
+def _ranks(args: list, killed_ok: bool = False) -> None:
     run_ranks(
-        [SCRIPT, *args], rank_environment, backend="jax", killed_ok=killed_ok
+        [SCRIPT, *args], jax_cluster(2), backend="jax", killed_ok=killed_ok
     )
 
 
@@ -135,14 +134,12 @@ def two_processes(tmp_path_factory):
     resume."""
     directory = tmp_path_factory.mktemp("preemption_jax")
     backups = directory / "backups"
-    first, second = free_ports(2)
     _ranks(
         [directory / "first.npz", backups, "looksam", "looksam/killed"],
-        first,
         killed_ok=True,
     )
     after_kill = {p.name: _metadata(p) for p in (backups / "looksam").iterdir()}
-    _ranks([directory / "resumed.npz", backups, "looksam/resumable"], second)
+    _ranks([directory / "resumed.npz", backups, "looksam/resumable"])
     return {
         "after_kill": after_kill,
         "left": sorted(p.name for p in (backups / "looksam").iterdir()),

@@ -135,12 +135,11 @@ class TorchSAMTrainer(SAMTrainer):
         learning_rate = self._learning_rate()
         if self._optimizer_takes(update):
             self.optimizer.apply(update.gradients, variables)
+        self._assign_decoupled(variables, update, learning_rate)  # 0 if skipped
         if update.skipped:
             for v, value in zip(self.non_trainable_variables, non_trainable):
                 if id(v) not in own:
                     v.assign(value)
-        else:
-            self._assign_decoupled(variables, update, learning_rate)
         self._state.assign(update.state)
 
     def _release_clean_gradient(self, clean, direction, grads) -> None:
