@@ -47,22 +47,18 @@ def _branch(gradients):
     return step.Branch(_t(gradients), zero, [], [], True)
 
 
-def _descend(options, gradients=G_S, ascent=True, loss_scale=None, **kw):
-    replicas = kw.get("replicas", ONE_REPLICA)
-    grads = kw.get("grads", G)
-    clean = step.gather(
-        PLAN, options, _t(grads), [_t(grads)], _t(VALUES), loss_scale, replicas
+def _context(options, loss_scale=None, replicas=ONE_REPLICA):
+    return step.Context(
+        PLAN, options, _t(VALUES), loss_scale, replicas, options.rho
     )
+
+
+def _descend(options, gradients=G_S, ascent=True, loss_scale=None, **kw):
+    ctx = _context(options, loss_scale, kw.get("replicas", ONE_REPLICA))
+    grads = kw.get("grads", G)
+    clean = step.gather(ctx, [_t(grads)], 0.0)
     return step.descend(
-        PLAN,
-        options,
-        clean,
-        _t(grads),
-        _t(VALUES),
-        _branch(gradients),
-        ops.convert_to_tensor(ascent),
-        loss_scale,
-        replicas,
+        ctx, clean, _branch(gradients), ops.convert_to_tensor(ascent)
     )
 
 
@@ -110,12 +106,9 @@ def test_wsam_weighs_the_sharpness_gamma_over_one_minus_gamma(gamma, weight):
 def test_descend_is_the_identity_for_sam():
     options = resolve_options("sam")
     branch = _branch(G_S)
-    clean = step.gather(
-        PLAN, options, _t(G), [_t(G)], _t(VALUES), None, ONE_REPLICA
-    )
-    out, term = step.descend(
-        PLAN, options, clean, _t(G), _t(VALUES), branch, True, None, None
-    )
+    ctx = _context(options)
+    clean = step.gather(ctx, [_t(G)], 0.0)
+    out, term = step.descend(ctx, clean, branch, True)
     assert out is branch and term is None
 
 
@@ -185,20 +178,15 @@ def test_gsam_on_two_replicas_decomposes_the_global_gradients():
     kept, term = _descend(options, replicas=replicas)
     np.testing.assert_array_equal(_flat(kept.gradients), _np_flat(G_S))
     assert term is None
-    clean = step.gather(
-        PLAN, options, _t(G), [_t(G)], _t(VALUES), None, replicas
-    )
-    own = step.own_gsam(
-        PLAN, options, clean.groups[0], _t(G_S), _t(VALUES), None
-    )
+    ctx = _context(options, replicas=replicas)
+    clean = step.gather(ctx, [_t(G)], 0.0)
+    own = step.own_gsam(ctx, clean.groups[0], _t(G_S))
     np.testing.assert_allclose(_flat(own), _flat(one.gradients), rtol=1e-6)
     assert calls.count(len(G)) == 0
 
 
 def _policy(options, grads, statistics, t=0):
-    clean = step.gather(
-        PLAN, options, _t(grads), [_t(grads)], _t(VALUES), None, ONE_REPLICA
-    )
+    clean = step.gather(_context(options), [_t(grads)], 0.0)
     ascent, new = step.ascent_policy(
         options,
         ops.convert_to_tensor(t),

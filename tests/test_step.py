@@ -48,10 +48,15 @@ def _flat(arrays):
     return np.concatenate([np.ravel(a) for a in arrays])
 
 
-def _gather(options, grads=GRADS, loss_scale=None, replicas=ONE_REPLICA):
-    return step.gather(
-        PLAN, options, _t(grads), [_t(grads)], _t(VALUES), loss_scale, replicas
+def _context(options, loss_scale=None, replicas=ONE_REPLICA, plan=PLAN):
+    return step.Context(
+        plan, options, _t(VALUES), loss_scale, replicas, options.rho
     )
+
+
+def _gather(options, grads=GRADS, loss_scale=None, replicas=ONE_REPLICA):
+    ctx = _context(options, loss_scale, replicas)
+    return step.gather(ctx, [_t(grads)], 1.0)
 
 
 def test_gather_unscales_and_fills_zeros():
@@ -95,13 +100,11 @@ def test_gather_micro_batches():
     """Two micro-batches: the share is their mean, each ascent its own
     gradient; GSAM keeps each one's share for its own decomposition."""
     half = [None if g is None else 0.5 * g for g in GRADS]
-    mean = [None if g is None else 0.75 * g for g in GRADS]
     groups = [_t(GRADS), _t(half)]
     options = resolve_options("gsam", batch_splits=2)
-    clean = step.gather(
-        PLAN, options, _t(mean), groups, _t(VALUES), None, ONE_REPLICA
-    )
+    clean = step.gather(_context(options), groups, 1.0)
     np.testing.assert_allclose(_np(clean.share)[0], 0.75 * GRADS[0])
+    np.testing.assert_allclose(_np(clean.scaled[0]), 0.75 * GRADS[0])
     assert clean.own and len(clean.ascents) == 2
     np.testing.assert_allclose(_np(clean.ascents[0])[0], GRADS[0])
     np.testing.assert_allclose(_np(clean.ascents[1])[0], 0.5 * GRADS[0])
@@ -130,7 +133,7 @@ def test_perturb_is_the_geometry_on_the_perturbed_variables():
     options = resolve_options("sam", rho=0.5)
     clean = _gather(options)
     perturbation, u = step.perturb(
-        PLAN, options, clean.ascents[0], clean.ascents[0], _t(VALUES), [], 0.5
+        _context(options), clean.ascents[0], clean.ascents[0], []
     )
     assert isinstance(perturbation, Dense) and u == []
     shifted = _np(perturbation.values(_t(VALUES)))
@@ -145,9 +148,8 @@ def test_after_ascent_stores_lookSAM_g_v():
     options = resolve_options("looksam", reuse_scale="stored")
     clean = _gather(options)
     g_s = [np.array([1.0, 1.0]), np.ones(3), np.zeros((2, 2)), np.ones(1)]
-    branch = step.after_ascent(
-        PLAN, options, clean, (1.0, 1.25), _t(g_s), _t(VALUES), [], [], None
-    )
+    two = step.PassTwo(1.25, _t(g_s), None)
+    branch = step.after_ascent(_context(options), clean, two, [], [])
     np.testing.assert_allclose(float(branch.sharpness), 0.25)
     g, gs = _flat(GRADS[:3]), _flat(g_s[:3])
     np.testing.assert_allclose(
@@ -160,17 +162,7 @@ def test_after_ascent_stores_lookSAM_g_v():
 def test_reuse_is_the_clean_gradient_or_lookSAM_reuse():
     sam_k = resolve_options("samk")
     state = SAMState(0, [], [], [], [])
-    branch = step.reuse(
-        PLAN,
-        sam_k,
-        _gather(sam_k),
-        _t(GRADS),
-        _t(VALUES),
-        state,
-        True,
-        None,
-        ONE_REPLICA,
-    )
+    branch = step.reuse(_context(sam_k), _gather(sam_k), state, True)
     np.testing.assert_array_equal(
         _flat(_np(branch.gradients)), _flat(GRADS[:3])
     )
@@ -179,15 +171,7 @@ def test_reuse_is_the_clean_gradient_or_lookSAM_reuse():
     state = SAMState(0, [], _t(g_v), [], [])
     scaled = [2.0 * g for g in GRADS]  # pass 1 under a loss scale of 2
     branch = step.reuse(
-        PLAN,
-        look,
-        _gather(look, scaled, 2.0),
-        _t(scaled),
-        _t(VALUES),
-        state,
-        True,
-        2.0,
-        ONE_REPLICA,
+        _context(look, loss_scale=2.0), _gather(look, scaled, 2.0), state, True
     )
     # g + alpha * g_v, scaled again for the optimizer.
     expected = 2.0 * (_flat(GRADS[:3]) + 0.5 * _flat(g_v))
@@ -210,30 +194,29 @@ def test_merge_lays_out_the_update_for_the_optimizer():
     update = ["a", "b", "c"]
     # A variable without pass-1 gradient keeps None; one outside the SAM
     # gradient keeps its pass-1 gradient.
-    merged = step.merge(PLAN, clean, update, {})
+    merged = step.merge(PLAN, clean, update, PLAN.has_gradient(clean.present))
     assert merged[:3] == ["a", None, "c"]
     np.testing.assert_array_equal(ops.convert_to_numpy(merged[3]), GRADS[3])
-    # Variables pass 1 did not differentiate: pass 2 decides.
+
+
+def test_pass_two_says_which_variables_pass_one_left_have_a_gradient():
+    """Variables pass 1 did not differentiate (SAM-ON's unperturbed ones
+    when every step ascends): pass 2 decides; pass 1 for the others."""
     plan = dataclasses.replace(PLAN, clean_indices=(0, 1, 3))
-    assert step.merge(plan, clean, update, {2: True})[2] == "c"
-    assert step.merge(plan, clean, update, {2: False})[2] is None
+    one = (True, False, False, True)
+    assert plan.has_gradient(one, (True, True, True, True)) == (
+        True, False, True, True
+    )  # fmt: skip
+    assert plan.has_gradient(one, (True, True, False, True))[2] is False
+    assert PLAN.has_gradient(one) == one
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_a_non_finite_pass_two_is_flagged(bad):
     options = resolve_options("sam")
     g_s = [np.array([bad, 0.0]), np.ones(3), np.ones((2, 2)), np.ones(1)]
-    branch = step.after_ascent(
-        PLAN,
-        options,
-        _gather(options),
-        (1.0, 2.0),
-        _t(g_s),
-        _t(VALUES),
-        [],
-        [],
-        None,
-    )
+    two = step.PassTwo(2.0, _t(g_s), None)
+    branch = step.after_ascent(_context(options), _gather(options), two, [], [])
     assert not bool(ops.convert_to_numpy(branch.finite))
 
 
@@ -242,11 +225,13 @@ def test_global_g_v_sums_the_replicas_shares_after_an_ascent(ascent):
     options = resolve_options("looksam")
     replicas = Replicas(2, lambda tensors: [2.0 * t for t in tensors])
     share, old = _t([np.array([1.0, -2.0])]), _t([np.array([5.0, 6.0])])
-    g_v = step.global_g_v(options, share, old, ascent, replicas)
+    g_v = step.global_g_v(
+        _context(options, replicas=replicas), share, old, ascent
+    )
     expected = [2.0, -4.0] if ascent else [5.0, 6.0]
     np.testing.assert_allclose(ops.convert_to_numpy(g_v[0]), expected)
     # One replica: the branch's g_v as it is.
-    (alone,) = step.global_g_v(options, share, old, ascent, ONE_REPLICA)
+    (alone,) = step.global_g_v(_context(options), share, old, ascent)
     np.testing.assert_allclose(ops.convert_to_numpy(alone), [1.0, -2.0])
 
 
@@ -259,10 +244,7 @@ def _pairs(sigma=(3.0, 4.0), called=(True, False)):
 
 def _gather_pairs(pairs: SingularPairs):
     grads = _t([None, None, None, GRADS[3]])
-    options = resolve_options("nusam")
-    return step.gather(
-        PLAN, options, grads, [grads], _t(VALUES), None, ONE_REPLICA, pairs
-    )
+    return step.gather(_context(resolve_options("nusam")), [grads], 1.0, pairs)
 
 
 def test_gather_with_singular_pairs_reads_no_gradient():
@@ -285,22 +267,23 @@ def test_perturbation_from_singular_pairs(method):
     ||sigma|| u_i v_i^T` (sigma = (3, 4): scales 0.6 rho and 0.8 rho)."""
     pairs = _pairs()
     clean = step.Clean(
-        [],
-        None,
-        None,
-        [None],
-        False,
-        None,
-        ops.convert_to_tensor(True),
-        (True, True, False, False),
-        {},
-        pairs,
+        loss=1.0,
+        scaled=[],
+        share=[],
+        total=None,
+        perturbed=None,
+        ascents=[None],
+        own=False,
+        groups=None,
+        finite=ops.convert_to_tensor(True),
+        present=(True, True, False, False),
+        others={},
+        pairs=pairs,
     )
     plan = dataclasses.replace(PLAN, perturbed_indices=(0, 1))
     state_u = _t([np.ones(2), np.ones(2)])
-    perturbation, u = step.perturb_from_pairs(
-        plan, resolve_options(method), clean, state_u, 0.5
-    )
+    ctx = _context(resolve_options(method, rho=0.5), plan=plan)
+    perturbation, u = step.perturb_from_pairs(ctx, clean, state_u)
     expected = [0.5, 0.5] if method == "nusam" else [0.3, 0.4]
     np.testing.assert_allclose(_np(perturbation.scales), expected, rtol=1e-6)
     np.testing.assert_allclose(_flat(_np(u)), _flat(_np(pairs.u)))

@@ -207,9 +207,14 @@ def train(
     seed: int = 0,
     model_kind: str = "vit",
     verbose: int | str = "auto",
+    model: keras.Model | None = None,
 ) -> dict:
     """Trains the demo's model with `method` and `options` (`method=None`:
     the base optimizer alone).
+
+    `model` trains another (newly built, uncompiled) classifier of
+    `data` instead of `make_model(model_kind, seed)`: the benchmarks' panel
+    of tasks trains each of its models this way.
 
     Returns:
         The final test accuracy (clean labels), the training accuracy on the
@@ -219,7 +224,8 @@ def train(
         trained model (`model`: the compiled `keras.Model`, or the
         `SAMModel`).
     """
-    model = make_model(model_kind, seed)
+    if model is None:
+        model = make_model(model_kind, seed)
     trainer = model
     if method is not None:
         trainer = SAMModel(model, method=method, **(options or {}))

@@ -61,6 +61,19 @@ class StepPlan:
     keeps_gradient: bool
     pairs_in_pass_one: bool
 
+    def has_gradient(
+        self, pass_one: tuple[bool, ...], pass_two: tuple[bool, ...] = ()
+    ) -> tuple[bool, ...]:
+        """Whether each trainable variable has a gradient for the base
+        optimizer: pass 1 says (`pass_one`) for the variables it
+        differentiates, `clean_indices`; pass 2 (`pass_two`, of the
+        ascent) for the others, which exist only when every step ascends
+        (and then `pass_two` is given)."""
+        clean = set(self.clean_indices)
+        return tuple(
+            one if i in clean else pass_two[i] for i, one in enumerate(pass_one)
+        )
+
 
 def _gradient_indices(variables: list) -> list[int]:
     return [

@@ -10,6 +10,10 @@ descent rule (GSAM, WSAM) to an ascent's gradient; `commit` keeps the new
 state only if every gradient was finite, and `merge` lays the result out
 for the base optimizer.
 
+Every function reads the step's `Context`, built once per step: the plan,
+the options, the values before the step, the loss scale, the replicas and
+the radius.
+
 Conventions, by name: a *share* is this replica's share of the global
 gradient (its local mean loss divided by the replica count; the shares of
 all replicas sum to the global gradient, and the base optimizer receives
@@ -25,6 +29,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
+from keras_sam.src import micro_batches
 from keras_sam.src.methods import descent, friendly, nuclear, schedule
 from keras_sam.src.methods.geometry import perturbation
 from keras_sam.src.methods.tensors import all_finite, global_dot, to_float32
@@ -36,10 +41,35 @@ from keras_sam.src.replicas import Replicas
 from keras_sam.src.state import SAMState
 
 
-class Clean(NamedTuple):
-    """Pass 1's gradient as the method reads it: float32, unscaled.
+class Context(NamedTuple):
+    """What every function of one step reads and none changes.
 
     Attributes:
+        plan: which variables take part (`plan.py`).
+        options: the resolved options.
+        values: the trainable variables' values before the step.
+        loss_scale: the factor of a scaled loss (float32), or `None`.
+        replicas: the replicas that run the step together.
+        rho: the step's radius: `rho`, or its schedule's value at the
+            step.
+    """
+
+    plan: StepPlan
+    options: SAMOptions
+    values: list
+    loss_scale: Any
+    replicas: Replicas
+    rho: Any
+
+
+class Clean(NamedTuple):
+    """Pass 1's result as the method reads it: float32, unscaled.
+
+    Attributes:
+        loss: pass 1's mean loss `L(w)` (this replica's, unscaled).
+        scaled: pass 1's mean gradient as the backend gave it: scaled
+            shares aligned with the trainable variables, `None` where not
+            differentiated.
         share: this replica's share, over the SAM gradient's variables.
         total: the global gradient over the same variables, when the step
             reads it beyond the perturbed ones (LookSAM, AE-SAM's policy,
@@ -65,6 +95,8 @@ class Clean(NamedTuple):
             ascent `None`), else `None`.
     """
 
+    loss: Any
+    scaled: list
     share: list
     total: list | None
     perturbed: list | None
@@ -98,6 +130,28 @@ class Branch(NamedTuple):
     finite: Any
 
 
+class Ascent(NamedTuple):
+    """One ascent: the perturbation, nuSAM's fan-in vectors after it (the
+    state's for the other geometries) and the direction it followed (`[]`
+    from singular pairs)."""
+
+    perturbation: Dense | RankOne
+    u: list
+    direction: list
+
+
+class PassTwo(NamedTuple):
+    """Pass 2's result: the loss `L(w + eps)` (unscaled), the gradients
+    (scaled shares, aligned with the trainable variables, `None` where not
+    differentiated) and GSAM's update of each micro-batch's own ascent
+    (`own_gsam`; `None` for the other descent rules); the mean over the
+    micro-batches."""
+
+    loss: Any
+    gradients: list
+    own: list | None
+
+
 def or_zeros(tensors: list, like: list, indices) -> list:
     """`tensors[i]`, or zeros shaped like `like[i]` where it is `None` (a
     variable without gradient), for each of `indices`."""
@@ -116,26 +170,21 @@ def unscaled(tensors: list, loss_scale) -> list:
 
 
 def gather(
-    plan: StepPlan,
-    options: SAMOptions,
-    grads: list,
-    groups: list[list],
-    values: list,
-    loss_scale,
-    replicas: Replicas,
-    pairs: SingularPairs | None = None,
+    ctx: Context, groups: list[list], loss, pairs: SingularPairs | None = None
 ) -> Clean:
-    """Pass 1's gradients as the method reads them, all-reduced where the
-    step needs global values: `grads` is their mean over the micro-batches
-    and `groups` each micro-batch's (`[grads]` for one), aligned with the
-    trainable variables, scaled shares, `None` where not differentiated;
-    or, with `pairs`, the singular pairs pass 1 gave instead of the weight
-    matrices' gradients (one replica, one micro-batch)."""
+    """Pass 1's result as the method reads it, all-reduced where the step
+    needs global values: `groups` are each micro-batch's gradients (`[the
+    batch's]` for one), aligned with the trainable variables, scaled shares,
+    `None` where not differentiated, and `loss` their mean loss; or, with
+    `pairs`, the singular pairs pass 1 gave instead of the weight matrices'
+    gradients (one replica, one micro-batch)."""
+    grads = micro_batches.mean_gradients(groups)
     if pairs is not None:
-        return _gathered_pairs(plan, grads, pairs)
+        return _gathered_pairs(ctx.plan, loss, grads, pairs)
+    plan, options, replicas = ctx.plan, ctx.options, ctx.replicas
     gi, pi = plan.gradient_indices, plan.perturbed_indices
     position = {i: j for j, i in enumerate(gi)}
-    share = unscaled(or_zeros(grads, values, gi), loss_scale)
+    share = unscaled(or_zeros(grads, ctx.values, gi), ctx.loss_scale)
     own = len(groups) > 1 or (
         options.ascent == "per_replica" and replicas.count > 1
     )
@@ -147,26 +196,39 @@ def gather(
         perturbed = replicas.sum([share[position[i]] for i in pi])
     shares = [share]
     if len(groups) > 1:
-        shares = [unscaled(or_zeros(g, values, gi), loss_scale) for g in groups]
+        shares = [
+            unscaled(or_zeros(g, ctx.values, gi), ctx.loss_scale)
+            for g in groups
+        ]
     ascents = [perturbed]
     if own:
         ascents = [replicas.own([s[position[i]] for i in pi]) for s in shares]
-    kept = shares if own and options.descent == "gsam" else None
-    finite = replicas.all(all_finite(share))
-    present = tuple(g is not None for g in grads)
-    others = {i: g for i, g in enumerate(grads) if i not in position}
     return Clean(
-        share, total, perturbed, ascents, own, kept, finite, present, others
+        loss=loss,
+        scaled=grads,
+        share=share,
+        total=total,
+        perturbed=perturbed,
+        ascents=ascents,
+        own=own,
+        groups=shares if own and options.descent == "gsam" else None,
+        finite=replicas.all(all_finite(share)),
+        present=tuple(g is not None for g in grads),
+        others={i: g for i, g in enumerate(grads) if i not in position},
     )
 
 
-def _gathered_pairs(plan: StepPlan, grads: list, pairs: SingularPairs):
+def _gathered_pairs(
+    plan: StepPlan, loss, grads: list, pairs: SingularPairs
+) -> Clean:
     present = [g is not None for g in grads]
     for i, called in zip(plan.perturbed_indices, pairs.called):
         present[i] = called
     position = set(plan.gradient_indices)
     others = {i: g for i, g in enumerate(grads) if i not in position}
     return Clean(
+        loss=loss,
+        scaled=grads,
         share=[],
         total=None,
         perturbed=None,
@@ -230,18 +292,11 @@ def ascent_policy(
     return ops.logical_and(active, ascends), new
 
 
-def perturb(
-    plan: StepPlan,
-    options: SAMOptions,
-    direction: list,
-    gradients: list,
-    values: list,
-    u: list,
-    rho,
-):
+def perturb(ctx: Context, direction: list, gradients: list, u: list):
     """The perturbation of the ascent along `direction` (over the perturbed
     variables; `gradients` are the clean ones, read by the Fisher and layer
     geometries), and nuSAM's fan-in vectors after it."""
+    plan, options = ctx.plan, ctx.options
     if plan.matrices:
         matrices = [
             m.view.to_matrix(d) for m, d in zip(plan.matrices, direction)
@@ -249,39 +304,29 @@ def perturb(
         u, v, scales = nuclear.rank_one(
             matrices,
             u,
-            rho,
+            ctx.rho,
             options.power_iterations,
             normalized=options.geometry == "nuclear_norm",
         )
         return RankOne(plan.perturbed_indices, plan.matrices, u, v, scales), u
-    weights = to_float32([values[i] for i in plan.perturbed_indices])
-    eps = perturbation(plan.geometry, direction, gradients, weights, rho)
+    weights = to_float32([ctx.values[i] for i in plan.perturbed_indices])
+    eps = perturbation(plan.geometry, direction, gradients, weights, ctx.rho)
     return Dense(plan.perturbed_indices, eps), u
 
 
 def ascent_perturbation(
-    ascent: list | None,
-    plan: StepPlan,
-    options: SAMOptions,
-    clean: Clean,
-    ema: list,
-    values: list,
-    u: list,
-    rho,
-) -> tuple:
-    """The perturbation along one `ascent` (a list of `clean.ascents`), the
-    fan-in vectors after it and the direction it followed: `perturb` along
-    `direction`, or `perturb_from_pairs` (direction `[]`) when pass 1 gave
-    singular pairs."""
+    ctx: Context, ascent: list | None, clean: Clean, ema: list, u: list
+) -> Ascent:
+    """The ascent along `ascent` (one of `clean.ascents`) from the state's
+    fan-in vectors `u`: `perturb` along `direction`, or
+    `perturb_from_pairs` when pass 1 gave singular pairs."""
     if clean.pairs is not None:
-        return (*perturb_from_pairs(plan, options, clean, u, rho), [])
-    along = direction(options, ascent, ema)
-    return (*perturb(plan, options, along, ascent, values, u, rho), along)
+        return Ascent(*perturb_from_pairs(ctx, clean, u), [])
+    along = direction(ctx.options, ascent, ema)
+    return Ascent(*perturb(ctx, along, ascent, u), along)
 
 
-def perturb_from_pairs(
-    plan: StepPlan, options: SAMOptions, clean: Clean, u: list, rho
-):
+def perturb_from_pairs(ctx: Context, clean: Clean, u: list):
     """`perturb` from the singular pairs that pass 1 computed
     (`clean.pairs`); `u` is the state's, kept if they are not finite."""
     pairs = clean.pairs
@@ -290,85 +335,64 @@ def perturb_from_pairs(
         pairs.v,
         pairs.sigma,
         u,
-        rho,
-        normalized=options.geometry == "nuclear_norm",
+        ctx.rho,
+        normalized=ctx.options.geometry == "nuclear_norm",
         finite=clean.finite,
     )
+    plan = ctx.plan
     return RankOne(plan.perturbed_indices, plan.matrices, u, v, scales), u
 
 
 def after_ascent(
-    plan: StepPlan,
-    options: SAMOptions,
-    clean: Clean,
-    losses: tuple,
-    grads_2: list,
-    values: list,
-    g_v: list,
-    u: list,
-    loss_scale,
+    ctx: Context, clean: Clean, two: PassTwo, g_v: list, u: list
 ) -> Branch:
-    """The ascent step's result from pass 2's loss and gradients (`losses`
-    is `(L(w), L(w + eps))`; `grads_2` aligned with the trainable
-    variables, scaled shares); LookSAM stores its `g_v`."""
-    g_s = or_zeros(grads_2, values, plan.gradient_indices)
-    sharpness = ops.cast(losses[1], "float32") - ops.cast(losses[0], "float32")
-    if options.reuse == "look":
+    """The ascent step's result from pass 2's (`two`): its gradient, or
+    GSAM's own updates where each micro-batch decomposed its own; the
+    sharpness `L(w + eps) - L(w)`; LookSAM stores its `g_v` (the state's,
+    `g_v`, stays for the other methods); nuSAM's `u` after the ascent."""
+    g_s = or_zeros(two.gradients, ctx.values, ctx.plan.gradient_indices)
+    sharpness = ops.cast(two.loss, "float32") - ops.cast(clean.loss, "float32")
+    if ctx.options.reuse == "look":
         g_v = schedule.look_stored(
             clean.total,
-            schedule.look_projection(clean.total, unscaled(g_s, loss_scale)),
-            options.reuse_scale,
+            schedule.look_projection(
+                clean.total, unscaled(g_s, ctx.loss_scale)
+            ),
+            ctx.options.reuse_scale,
         )
-    return Branch(g_s, sharpness, list(g_v), list(u), all_finite(g_s))
+    update = g_s if two.own is None else two.own
+    return Branch(update, sharpness, list(g_v), list(u), all_finite(g_s))
 
 
-def reuse(
-    plan: StepPlan,
-    options: SAMOptions,
-    clean: Clean,
-    grads: list,
-    values: list,
-    state: SAMState,
-    active,
-    loss_scale,
-    replicas: Replicas,
-) -> Branch:
+def reuse(ctx: Context, clean: Clean, state: SAMState, active) -> Branch:
     """A step without ascent: the clean gradient, or LookSAM's reuse
     `g + alpha * c * g_v` (alpha = 0 before `start_step`: `g` exactly)."""
-    final = or_zeros(grads, values, plan.gradient_indices)
+    options = ctx.options
+    final = or_zeros(clean.scaled, ctx.values, ctx.plan.gradient_indices)
     if options.reuse == "look":
         alpha = ops.where(active, options.alpha, 0.0)
         reused = schedule.look_reuse(
             clean.total, state.g_v, alpha, options.reuse_scale
         )
-        final = rescaled(replicas.share(reused), loss_scale, final)
+        final = rescaled(ctx.replicas.share(reused), ctx.loss_scale, final)
     zero = ops.zeros((), "float32")
     return Branch(final, zero, list(state.g_v), list(state.u), clean.finite)
 
 
-def global_g_v(
-    options: SAMOptions, g_v: list, old: list, ascent, replicas: Replicas
-) -> list:
+def global_g_v(ctx: Context, g_v: list, old: list, ascent) -> list:
     """LookSAM's `g_v` to keep: on many replicas, the sum of the replicas'
-    shares after an ascent (the state's otherwise); as it is on one."""
-    if options.reuse != "look" or replicas.count == 1:
+    shares after an ascent (the state's, `old`, otherwise); as it is on
+    one."""
+    if ctx.options.reuse != "look" or ctx.replicas.count == 1:
         return list(g_v)
     return [
         ops.where(ascent, new, kept)
-        for new, kept in zip(replicas.sum(g_v), old)
+        for new, kept in zip(ctx.replicas.sum(g_v), old)
     ]
 
 
 def descend(
-    plan: StepPlan,
-    options: SAMOptions,
-    clean: Clean,
-    grads: list,
-    values: list,
-    branch: Branch,
-    ascent,
-    loss_scale,
-    replicas: Replicas,
+    ctx: Context, clean: Clean, branch: Branch, ascent
 ) -> tuple[Branch, list | None]:
     """The branch with the descent rule applied to an ascent's `g_s`
     (`branch.gradients`; a reuse step's update is kept), and WSAM's
@@ -386,9 +410,10 @@ def descend(
     gamma)`, which the backend subtracts times the learning rate after the
     optimizer's step.
     """
+    options, replicas = ctx.options, ctx.replicas
     if options.descent == "sam" or clean.groups is not None:
         return branch, None
-    g, g_s = clean.share, unscaled(branch.gradients, loss_scale)
+    g, g_s = clean.share, unscaled(branch.gradients, ctx.loss_scale)
     term = None
     if options.descent == "gsam":
         c = descent.gsam_coefficient(clean.total, replicas.sum(g_s))
@@ -400,34 +425,28 @@ def descend(
     else:
         update = descent.wsam(g, g_s, options.gamma)
     if update is None:
-        gradients = or_zeros(grads, values, plan.gradient_indices)
+        gi = ctx.plan.gradient_indices
+        gradients = or_zeros(clean.scaled, ctx.values, gi)
     else:
-        gradients = rescaled(update, loss_scale, branch.gradients)
-    if not plan.ascends_every_step:
+        gradients = rescaled(update, ctx.loss_scale, branch.gradients)
+    if not ctx.plan.ascends_every_step:
         gradients = [
             ops.where(ascent, n, b) for n, b in zip(gradients, branch.gradients)
         ]
     return branch._replace(gradients=gradients), term
 
 
-def own_gsam(
-    plan: StepPlan,
-    options: SAMOptions,
-    share: list,
-    grads_2: list,
-    values: list,
-    loss_scale,
-) -> list:
+def own_gsam(ctx: Context, share: list, grads_2: list) -> list:
     """GSAM's update of one micro-batch or replica from its own clean
     gradient (`share`, unscaled float32) and pass 2's gradients (scaled,
     aligned with the trainable variables): scaled, in their dtypes, over the
     SAM gradient's variables. The coefficient is scale-invariant, and the
     update linear once it is fixed, so shares give shares."""
-    g_s = or_zeros(grads_2, values, plan.gradient_indices)
-    unscaled_g_s = unscaled(g_s, loss_scale)
+    g_s = or_zeros(grads_2, ctx.values, ctx.plan.gradient_indices)
+    unscaled_g_s = unscaled(g_s, ctx.loss_scale)
     c = descent.gsam_coefficient(share, unscaled_g_s)
-    update = descent.gsam(share, unscaled_g_s, c, options.gsam_alpha)
-    return rescaled(update, loss_scale, g_s)
+    update = descent.gsam(share, unscaled_g_s, c, ctx.options.gsam_alpha)
+    return rescaled(update, ctx.loss_scale, g_s)
 
 
 def rescaled(tensors: list, loss_scale, like: list) -> list:
@@ -446,21 +465,14 @@ def commit(old: Any, new: Any, ok) -> Any:
 
 
 def merge(
-    plan: StepPlan, clean: Clean, gradients: list, differentiated: dict
+    plan: StepPlan, clean: Clean, gradients: list, present: tuple[bool, ...]
 ) -> list:
     """The list for the base optimizer: `gradients` (over the SAM
-    gradient's variables) where a variable has a gradient, pass 1's for
-    the variables outside the SAM gradient, `None` elsewhere. A variable has
-    a gradient if pass 1 gave one or, for those pass 1 did not
-    differentiate (`plan.clean_indices`), if pass 2 did
-    (`differentiated`)."""
-    final = [clean.others.get(i) for i in range(len(clean.present))]
-    differentiated_by_pass_one = set(plan.clean_indices)
+    gradient's variables) where a variable has a gradient (`present`, as
+    `StepPlan.has_gradient` says), pass 1's for the variables outside the
+    SAM gradient, `None` elsewhere."""
+    final = [clean.others.get(i) for i in range(len(present))]
     for i, g in zip(plan.gradient_indices, gradients):
-        if i in differentiated_by_pass_one:
-            has_gradient = clean.present[i]
-        else:
-            has_gradient = differentiated[i]
-        if has_gradient:
+        if present[i]:
             final[i] = g
     return final

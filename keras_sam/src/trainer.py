@@ -47,25 +47,66 @@ class Update(NamedTuple):
     decoupled: list | None = None
 
 
-def _accumulate(sums, terms):
-    """`sums` plus `terms`, element by element, over lists of tensors
-    (`None` entries stay `None`); `terms` when `sums` is `None`."""
-    if sums is None:
-        return terms
-    return tuple(
-        None
-        if total is None
-        else [None if a is None else a + b for a, b in zip(total, term)]
-        for total, term in zip(sums, terms)
+class PassOne(NamedTuple):
+    """Pass 1's result, as each backend gives it to the shared step.
+
+    Attributes:
+        loss: the mean loss over the batch (this replica's, unscaled).
+        groups: each micro-batch's gradients (`[the batch's]` for one):
+            scaled shares aligned with the trainable variables, `None`
+            where not differentiated.
+        y_pred: the predictions, in batch order.
+        pairs: nuSAM's singular pairs when pass 1 computed them instead of
+            the weight matrices' gradients (`_probes`), else `None`.
+        non_trainable: the non-trainable values after pass 1, where the
+            backend runs it functionally (JAX), else `None` (pass 1
+            assigned them).
+        metrics: the metric values after pass 1, likewise.
+    """
+
+    loss: Any
+    groups: list[list]
+    y_pred: Any
+    pairs: SingularPairs | None = None
+    non_trainable: list | None = None
+    metrics: list | None = None
+
+
+def _add(total: list | None, term: list | None) -> list | None:
+    """`total + term`, element by element (`None` entries stay `None`)."""
+    if total is None:
+        return None
+    return [None if a is None else a + b for a, b in zip(total, term)]
+
+
+def _divided(tensors: list | None, count: int) -> list | None:
+    """`tensors` over `count` (`None` entries stay `None`)."""
+    if tensors is None:
+        return None
+    return [None if t is None else t / count for t in tensors]
+
+
+def _sum(total: step.PassTwo | None, term: step.PassTwo) -> step.PassTwo:
+    """The sum of the micro-batches' passes 2 so far (`total`) and one
+    more."""
+    if total is None:
+        return term
+    return step.PassTwo(
+        total.loss + term.loss,
+        _add(total.gradients, term.gradients),
+        _add(total.own, term.own),
     )
 
 
-def _mean(sums, count: int):
-    """`sums` (a list of tensors, `None` entries allowed, or `None`) over
-    `count`."""
-    if sums is None or count == 1:
-        return sums
-    return [None if t is None else t / count for t in sums]
+def _mean(total: step.PassTwo, count: int) -> step.PassTwo:
+    """`total` over `count` micro-batches."""
+    if count == 1:
+        return total
+    return step.PassTwo(
+        total.loss / count,
+        _divided(total.gradients, count),
+        _divided(total.own, count),
+    )
 
 
 class SAMTrainer:
@@ -87,55 +128,52 @@ class SAMTrainer:
         """What the backend sets up for a new `SAMModel` (nothing, unless
         it says otherwise)."""
 
-    def _sam_update(
+    def _context(
         self,
-        groups: list[list],
         values: list,
         state: SAMState,
-        loss,
-        inputs: list,
         loss_scale=None,
         replicas: Replicas = ONE_REPLICA,
-        pairs: SingularPairs | None = None,
+    ) -> step.Context:
+        """The step's context: `values` are the trainable values before
+        the step, `state` the SAM state (its counter gives a radius
+        schedule's value)."""
+        o = self._options
+        t = ops.maximum(state.iterations - o.start_step, 0)
+        rho = schedule.rho_at(o.rho, t)
+        return step.Context(self._plan, o, values, loss_scale, replicas, rho)
+
+    def _sam_update(
+        self, ctx: step.Context, state: SAMState, one: PassOne, inputs: list
     ) -> Update:
-        """The SAM step between pass 1 and the base optimizer: `groups` are
-        pass 1's gradients of each micro-batch (one: the batch), `loss`
-        their mean loss at `values`, `inputs` what each micro-batch's pass 2
-        needs, `pairs` nuSAM's singular pairs if pass 1 computed them
-        (`_probes`)."""
-        plan, o = self._plan, self._options
-        grads = micro_batches.mean_gradients(groups)
-        clean = step.gather(
-            plan, o, grads, groups, values, loss_scale, replicas, pairs
-        )
-        del groups  # eager backends: each micro-batch's is in `clean` now
+        """The SAM step between pass 1 (`one`) and the base optimizer;
+        `inputs` are what each micro-batch's pass 2 needs."""
+        plan, o = ctx.plan, ctx.options
+        clean = step.gather(ctx, one.groups, one.loss, one.pairs)
         t = state.iterations - o.start_step
         active = ops.greater_equal(t, 0)
         ema = step.friendly_ema(o, state.ema, clean, active)
         ascent, norm_stats = step.ascent_policy(
             o, t, clean, state.norm_stats, active
         )
-        args = (clean, ema, values, state, loss, grads, inputs)
         if plan.ascends_every_step:
-            branch, differentiated = self._ascend(*args, loss_scale)
+            branch, two = self._ascend(ctx, clean, ema, state, inputs)
         else:
-            reuse = (plan, o, clean, grads, values, state, active)
             branch = ops.cond(
                 ascent,
-                lambda: self._ascend(*args, loss_scale)[0],
-                lambda: step.reuse(*reuse, loss_scale, replicas),
+                lambda: self._ascend(ctx, clean, ema, state, inputs)[0],
+                lambda: step.reuse(ctx, clean, state, active),
             )
-            differentiated = {}
+            two = ()
         # Replicas synchronise outside the conditional: MirroredStrategy
         # cannot all-reduce inside one.
-        ok = ops.logical_and(clean.finite, replicas.all(branch.finite))
-        g_v = step.global_g_v(o, branch.g_v, state.g_v, ascent, replicas)
-        branch, decoupled = step.descend(
-            plan, o, clean, grads, values, branch, ascent, loss_scale, replicas
-        )
+        ok = ops.logical_and(clean.finite, ctx.replicas.all(branch.finite))
+        g_v = step.global_g_v(ctx, branch.g_v, state.g_v, ascent)
+        branch, decoupled = step.descend(ctx, clean, branch, ascent)
         new = SAMState(state.iterations + 1, ema, g_v, branch.u, norm_stats)
+        present = plan.has_gradient(clean.present, two)
         return Update(
-            gradients=step.merge(plan, clean, branch.gradients, differentiated),
+            gradients=step.merge(plan, clean, branch.gradients, present),
             state=step.commit(state, new, ok),
             sharpness=ops.where(ok, branch.sharpness, 0.0),
             ascended=ops.cast(ops.logical_and(ascent, ok), "float32"),
@@ -145,64 +183,45 @@ class SAMTrainer:
 
     def _ascend(
         self,
+        ctx: step.Context,
         clean: step.Clean,
         ema: list,
-        values: list,
         state: SAMState,
-        loss,
-        grads: list,
         inputs: list,
-        loss_scale,
-    ) -> tuple[step.Branch, dict]:
+    ) -> tuple[step.Branch, tuple[bool, ...]]:
         """The ascent branch: for each micro-batch, perturb along its
         ascent and run its pass 2; then read the mean of their gradients.
-        Also returns which variables pass 2 differentiated."""
-        plan, o = self._plan, self._options
-        t = state.iterations - o.start_step
-        rho = schedule.rho_at(o.rho, ops.maximum(t, 0))
-        args = (plan, o, clean, ema, values, state.u, rho)
+        Also returns which trainable variables pass 2 differentiated."""
         global_u = None
-        if plan.matrices and clean.own:
+        if ctx.plan.matrices and clean.own:
             # The state's u follows the global gradient.
-            _, global_u, _ = step.ascent_perturbation(clean.perturbed, *args)
-        sums = None
-        for j, (ascent, group) in enumerate(zip(clean.ascents, inputs)):
-            perturbation, u, direction = step.ascent_perturbation(ascent, *args)
-            run_values = perturbation.values(values)
-            scope = perturbation.scope()
-            del perturbation  # eager backends: no reference to eps in pass 2
+            global_u = step.ascent_perturbation(
+                ctx, clean.perturbed, clean, ema, state.u
+            ).u
+        total = None
+        for j, (along, group) in enumerate(zip(clean.ascents, inputs)):
+            ascent = step.ascent_perturbation(ctx, along, clean, ema, state.u)
+            u, run_values = ascent.u, ascent.perturbation.values(ctx.values)
+            scope = ascent.perturbation.scope()
             if len(inputs) == 1:
-                self._release_clean_gradient(clean, direction, grads)
+                self._release_clean_gradient(clean, ascent.direction)
+            del ascent  # eager backends: no reference to eps in pass 2
             loss_2, grads_2 = self._pass_two(run_values, scope, group)
             own = None
             if clean.groups is not None:
-                own = step.own_gsam(
-                    plan, o, clean.groups[j], grads_2, values, loss_scale
-                )
-            sums = _accumulate(sums, (grads_2, own, [loss_2]))
-        differentiated = {
-            i: grads_2[i] is not None for i in plan.gradient_indices
-        }
-        grads_2, own, (loss_2,) = (_mean(s, len(inputs)) for s in sums)
-        u = u if global_u is None else global_u
+                own = step.own_gsam(ctx, clean.groups[j], grads_2)
+            total = _sum(total, step.PassTwo(loss_2, grads_2, own))
+        two = _mean(total, len(inputs))
         branch = step.after_ascent(
-            plan,
-            o,
-            clean,
-            (loss, loss_2),
-            grads_2,
-            values,
-            state.g_v,
-            u,
-            loss_scale,
+            ctx, clean, two, state.g_v, u if global_u is None else global_u
         )
-        if callable(o.rho):
+        if callable(ctx.options.rho):
             # A radius schedule's value outside [0, inf) skips the step.
-            valid = ops.logical_and(branch.finite, schedule.valid_radius(rho))
-            branch = branch._replace(finite=valid)
-        if own is not None:
-            branch = branch._replace(gradients=own)
-        return branch, differentiated
+            valid = schedule.valid_radius(ctx.rho)
+            branch = branch._replace(
+                finite=ops.logical_and(branch.finite, valid)
+            )
+        return branch, tuple(g is not None for g in grads_2)
 
     def _probes(self, replicas: Replicas = ONE_REPLICA) -> Probes | None:
         """The probes with which pass 1 computes nuSAM's singular pairs
@@ -242,7 +261,9 @@ class SAMTrainer:
         overflow = ops.logical_not(tensors.all_finite(gradients))
         return ops.logical_or(applied, overflow)
 
-    def _release_clean_gradient(self, *lists) -> None:
+    def _release_clean_gradient(
+        self, clean: step.Clean, direction: list
+    ) -> None:
         """Where an eager backend frees pass 1's gradient before pass 2
         (compiled backends leave it to the compiler)."""
 
@@ -332,11 +353,10 @@ class SAMTrainer:
         metrics = [scope.get_current_value(v) for v in self.metrics_variables]
         return loss, y_pred, non_trainable, metrics
 
-    def _micro_batch_passes_one(self, values: list, inputs: list, x) -> tuple:
+    def _micro_batch_passes_one(self, values: list, inputs: list, x) -> PassOne:
         """Pass 1 of each micro-batch (`batch_splits`; TensorFlow, torch),
         each from the state before the step, with its side effects applied
-        once (`x` is the whole batch's input): the mean loss, each one's
-        gradients and the predictions. The backend's
+        once (`x` is the whole batch's input). The backend's
         `_micro_batch_pass_one(values, inputs, index)` gives a micro-batch's
         `(loss, gradients, y_pred, (non-trainable values, metric values))`."""
         passes = [
@@ -350,7 +370,7 @@ class SAMTrainer:
         )
         self._assign_once(non_trainable, metrics)
         self._track_loss(loss, x)
-        return loss, [grads for _, grads, *_ in passes], y_pred
+        return PassOne(loss, [grads for _, grads, *_ in passes], y_pred)
 
     def _assign_once(self, non_trainable: list, metrics: list) -> None:
         """The non-trainable and metric variables take the values that the

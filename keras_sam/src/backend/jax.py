@@ -14,7 +14,7 @@ from keras import ops
 
 from keras_sam.src import keras_internals, micro_batches, step
 from keras_sam.src.replicas import ONE_REPLICA, Replicas
-from keras_sam.src.trainer import SAMTrainer
+from keras_sam.src.trainer import PassOne, SAMTrainer
 
 
 class _PassInputs(NamedTuple):
@@ -168,27 +168,13 @@ class JaxSAMTrainer(SAMTrainer):
         sam_state = self._state.from_values(
             self.non_trainable_variables, non_trainable
         )
-        loss, groups, y_pred, new_non_trainable, metrics_values, pairs = (
-            self._pass_one(
-                trainable,
-                inputs,
-                self._probes(replicas),
-                sam_state.u,
-                loss_scale,
-            )
+        one = self._pass_one(
+            trainable, inputs, self._probes(replicas), sam_state.u, loss_scale
         )
-        update = self._sam_update(
-            groups,
-            trainable,
-            sam_state,
-            loss,
-            inputs,
-            loss_scale,
-            replicas,
-            pairs,
-        )
+        ctx = self._context(trainable, sam_state, loss_scale, replicas)
+        update = self._sam_update(ctx, sam_state, one, inputs)
         return _Gradients(
-            loss, y_pred, new_non_trainable, metrics_values, update
+            one.loss, one.y_pred, one.non_trainable, one.metrics, update
         )
 
     def _per_replica(
@@ -265,18 +251,19 @@ class JaxSAMTrainer(SAMTrainer):
             (loss, grads, *rest), pairs = self._probed_pass_one(
                 trainable, inputs[0], probes, u, loss_scale
             )
-            return (loss, [grads], *rest, pairs)
+            y_pred, non_trainable, metrics = rest
+            return PassOne(loss, [grads], y_pred, pairs, non_trainable, metrics)
         passes = [self._micro_batch_pass_one(trainable, i) for i in inputs]
         groups = [grads for _, grads, *_ in passes]
         if len(passes) == 1:
             loss, _, y_pred, non_trainable, metrics = passes[0]
-            return loss, groups, y_pred, non_trainable, metrics, None
-        loss, y_pred, non_trainable, metrics = micro_batches.join(
-            inputs[0].non_trainable,
-            inputs[0].metrics,
-            [(loss_j, y_j, *effects) for loss_j, _, y_j, *effects in passes],
-        )
-        return loss, groups, y_pred, non_trainable, metrics, None
+        else:
+            loss, y_pred, non_trainable, metrics = micro_batches.join(
+                inputs[0].non_trainable,
+                inputs[0].metrics,
+                [(loss_j, y_j, *rest) for loss_j, _, y_j, *rest in passes],
+            )
+        return PassOne(loss, groups, y_pred, None, non_trainable, metrics)
 
     def _loss_and_updates(self, trainable, inputs: _PassInputs):
         """Pass 1's scaled loss and Keras' auxiliary values as a function of

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from keras_sam.src import keras_internals, micro_batches
 from keras_sam.src.replicas import ONE_REPLICA, Replicas
-from keras_sam.src.trainer import SAMTrainer
+from keras_sam.src.trainer import PassOne, SAMTrainer
 
 
 class _PassInputs(NamedTuple):
@@ -170,13 +170,10 @@ class TensorFlowSAMTrainer(SAMTrainer):
         non_trainable = [_read(v) for v in self.non_trainable_variables]
         replicas, loss_scale = _replicas(), self._loss_scale()
         state = self._state.read(snapshot=tf.identity)
-        pairs = None
         if self._options.batch_splits == 1:
-            probes = self._probes(replicas)
-            loss, grads, y_pred, pairs = self._pass_one(
-                x, y, sample_weight, probes, state.u, loss_scale
+            one = self._pass_one(
+                x, y, sample_weight, self._probes(replicas), state.u, loss_scale
             )
-            groups = [grads]
             metrics = [_read(v) for v in self.metrics_variables]
             inputs = [_PassInputs(non_trainable, metrics, x, y, sample_weight)]
         else:
@@ -185,15 +182,12 @@ class TensorFlowSAMTrainer(SAMTrainer):
                 _PassInputs(non_trainable, metrics, *micro_batch)
                 for micro_batch in self._micro_batches((x, y, sample_weight))
             ]
-            loss, groups, y_pred = self._micro_batch_passes_one(
-                values, inputs, x
-            )
-        update = self._sam_update(
-            groups, values, state, loss, inputs, loss_scale, replicas, pairs
-        )
+            one = self._micro_batch_passes_one(values, inputs, x)
+        ctx = self._context(values, state, loss_scale, replicas)
+        update = self._sam_update(ctx, state, one, inputs)
         self._apply_update(update, variables, non_trainable)
         self._track(update)
-        logs = self._train_logs(x, y, y_pred, sample_weight)
+        logs = self._train_logs(x, y, one.y_pred, sample_weight)
         return _reducible(logs, self.distribute_strategy)
 
     def _apply_update(
@@ -276,7 +270,7 @@ class TensorFlowSAMTrainer(SAMTrainer):
         """As `keras.src.backend.tensorflow.trainer` does it; with `probes`,
         the weight matrices' layers run through them, and pass 1 gives
         their singular pairs instead of their gradients unless a layer ran
-        twice (`probes.py`): `(loss, gradients, y_pred, pairs)`."""
+        twice (`probes.py`)."""
         probe_values = [] if probes is None else probes.initial(u)
         scope = contextlib.nullcontext()
         if probes is not None:
@@ -304,7 +298,7 @@ class TensorFlowSAMTrainer(SAMTrainer):
         pairs = None
         if probes is not None:
             pairs = probes.pairs(gradients[len(clean) :], run, loss_scale)
-        return loss, grads, y_pred, pairs
+        return PassOne(loss, [grads], y_pred, pairs)
 
     def _track_loss(self, loss, x) -> None:
         """The loss tracker's update with a batch's loss, as Keras' does."""

@@ -10,7 +10,7 @@ import keras
 import torch
 
 from keras_sam.src import keras_internals
-from keras_sam.src.trainer import SAMTrainer
+from keras_sam.src.trainer import PassOne, SAMTrainer
 
 
 class _PassInputs(NamedTuple):
@@ -97,12 +97,11 @@ class TorchSAMTrainer(SAMTrainer):
         rng = _rng_snapshot()
         values = [v.value.detach() for v in variables]
         metrics = [v.value for v in self.metrics_variables]
-        state, loss_scale, pairs = self._state.read(), self._loss_scale(), None
+        state, loss_scale = self._state.read(), self._loss_scale()
         if self._options.batch_splits == 1:
-            loss, grads, y_pred, pairs = self._pass_one(
+            one = self._pass_one(
                 x, y, sample_weight, self._probes(), state.u, loss_scale
             )
-            groups = [grads]
             inputs = [
                 _PassInputs(non_trainable, metrics, rng, x, y, sample_weight)
             ]
@@ -111,22 +110,13 @@ class TorchSAMTrainer(SAMTrainer):
                 _PassInputs(non_trainable, metrics, rng, *micro_batch)
                 for micro_batch in self._micro_batches((x, y, sample_weight))
             ]
-            loss, groups, y_pred = self._micro_batch_passes_one(
-                values, inputs, x
-            )
+            one = self._micro_batch_passes_one(values, inputs, x)
         with torch.no_grad():
-            update = self._sam_update(
-                groups,
-                values,
-                state,
-                loss.detach(),
-                inputs,
-                loss_scale,
-                pairs=pairs,
-            )
+            ctx = self._context(values, state, loss_scale)
+            update = self._sam_update(ctx, state, one, inputs)
             self._apply_update(update, variables, non_trainable, own)
         self._track(update)
-        return self._train_logs(x, y, y_pred, sample_weight)
+        return self._train_logs(x, y, one.y_pred, sample_weight)
 
     def _apply_update(self, update, variables, non_trainable, own) -> None:
         """Applies `update`; a skipped step leaves every variable as it
@@ -142,13 +132,14 @@ class TorchSAMTrainer(SAMTrainer):
                     v.assign(value)
         self._state.assign(update.state)
 
-    def _release_clean_gradient(self, clean, direction, grads) -> None:
+    def _release_clean_gradient(self, clean, direction) -> None:
         """Pass 1's gradient is dead once the perturbation exists (unless
         LookSAM projects onto it after pass 2): empties every list that
         holds it, so that torch frees it before pass 2 allocates its own."""
         if self._plan.keeps_gradient:
             return
         for tensors in (
+            clean.scaled,
             clean.share,
             clean.total,
             clean.perturbed,
@@ -157,7 +148,6 @@ class TorchSAMTrainer(SAMTrainer):
             if tensors is not None:
                 tensors.clear()
         direction.clear()
-        grads.clear()
 
     def _pass_one(
         self, x, y, sample_weight, probes=None, u=(), loss_scale=None
@@ -166,7 +156,7 @@ class TorchSAMTrainer(SAMTrainer):
         respect to the variables whose clean gradient the step reads; with
         `probes`, the weight matrices' layers run through them, and pass 1
         gives their singular pairs instead of their gradients unless a
-        layer ran twice (`probes.py`): `(loss, gradients, y_pred, pairs)`.
+        layer ran twice (`probes.py`).
         """
         probe_values, scope = [], contextlib.nullcontext()
         if probes is not None:
@@ -194,7 +184,7 @@ class TorchSAMTrainer(SAMTrainer):
         if probes is not None:
             gradients = [p.grad for p in probe_values]
             pairs = probes.pairs(gradients, run, loss_scale)
-        return loss, grads, y_pred, pairs
+        return PassOne(loss.detach(), [grads], y_pred, pairs)
 
     def _track_loss(self, loss, x) -> None:
         """The loss tracker's update with a batch's loss, as Keras' does."""
