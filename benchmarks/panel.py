@@ -32,8 +32,11 @@ resumes and several processes (one per core) can share the work:
 
 The table gives each run's accuracy per task (mean ± std over the seeds),
 its gap to `sam` per task in points, the worst gap over the choosing tasks
-and over the held-out ones. `--presets` runs every preset with its defaults
-(`looklayersam` with LAMB, against LAMB alone, as in `label_noise.py`).
+and over the held-out ones, and its worst regret over the choosing tasks:
+how far it is below the best radius of the same method, task by task
+(runs that differ only in `rho=` are one method). `--presets` runs every
+preset with its defaults (`looklayersam` with LAMB, against LAMB alone, as
+in `label_noise.py`).
 Honours `KERAS_BACKEND`; a seed fixes the data, the label noise, the initial
 weights and the batch order.
 """
@@ -280,14 +283,34 @@ def _worst(gaps) -> str:
     return f"{min(gaps):+.1f}" if gaps else "-"
 
 
+def _family(run: str) -> str:
+    """The run without its radius: the runs of one family differ only in
+    `rho`."""
+    return " ".join(w for w in run.split() if not w.startswith("rho="))
+
+
+def _regret(acc: dict, task: str, run: str, runs: list) -> float | None:
+    """How far the run's mean accuracy on `task` is below the best of its
+    family's (its method at another radius), in points (`None` for a
+    family of one)."""
+    family = [r for r in runs if _family(r) == _family(run)]
+    means = [statistics.mean(acc[task, r]) for r in family if (task, r) in acc]
+    if len(means) < 2 or (task, run) not in acc:
+        return None
+    return 100 * (statistics.mean(acc[task, run]) - max(means))
+
+
 def table(results: list[dict]) -> None:
-    """Prints the Markdown table of every run on every task."""
+    """Prints the Markdown table of every run on every task: accuracy
+    (and gap to `sam`) per task, the worst gap to `sam` over the choosing
+    and the held-out tasks, and the worst regret over the choosing ones
+    (the gap to the best radius of the same method, task by task)."""
     acc = _accuracies(results)
     tasks = [t for t in TASKS if any(k[0] == t for k in acc)]
     runs = list(dict.fromkeys(r["run"] for r in results))
     head = " | ".join(f"`{t}`" for t in tasks)
-    print(f"| run | {head} | worst, panel | worst, held out |")
-    print("| --- " * (len(tasks) + 3) + "|")
+    print(f"| run | {head} | worst, panel | worst, held out | regret |")
+    print("| --- " * (len(tasks) + 4) + "|")
     for run in runs:
         cells = []
         for task in tasks:
@@ -299,7 +322,12 @@ def table(results: list[dict]) -> None:
             cells.append(demo.mean_std(acc[task, run]) + shown)
         panel = _worst(_gap(acc, t, run) for t in CHOOSING if t in tasks)
         held = _worst(_gap(acc, t, run) for t in HELD_OUT if t in tasks)
-        print(f"| `{run}` | {' | '.join(cells)} | {panel} | {held} |")
+        regret = _worst(
+            _regret(acc, t, run, runs) for t in CHOOSING if t in tasks
+        )
+        print(
+            f"| `{run}` | {' | '.join(cells)} | {panel} | {held} | {regret} |"
+        )
 
 
 def main(argv=None) -> None:

@@ -11,8 +11,8 @@ from reference import Config, Reference
 
 from keras_sam import SAMModel
 from keras_sam.src.analysis import autodiff
+from keras_sam.src.layers.matrices import MatrixView, weight_matrices
 from keras_sam.src.methods import nuclear
-from keras_sam.src.methods.matrices import MatrixView, weight_matrices
 from keras_sam.src.probes import Probes, Run
 
 

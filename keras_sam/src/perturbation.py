@@ -24,7 +24,7 @@ import dataclasses
 
 from keras import ops
 
-from keras_sam.src.methods.matrices import WeightMatrix
+from keras_sam.src.layers.matrices import WeightMatrix
 
 
 def _shifted(values: list, indices, deltas) -> list:

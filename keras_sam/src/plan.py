@@ -8,12 +8,15 @@ never rebuilds it.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Sequence
 
 import keras
 
+from keras_sam.src.layers.matrices import WeightMatrix, weight_matrices
+from keras_sam.src.methods import geometry as geometries
 from keras_sam.src.methods import masks
-from keras_sam.src.methods.geometry import Geometry, make_geometry
-from keras_sam.src.methods.matrices import WeightMatrix, weight_matrices
+from keras_sam.src.methods.geometry import BIAS_NAMES, Geometry
 from keras_sam.src.options import NUCLEAR_GEOMETRIES, SAMOptions
 
 
@@ -113,6 +116,29 @@ def _matrices(options: SAMOptions, model, variables, perturbed):
             f"by perturb={options.perturb!r} in model {model.name!r}."
         )
     return perturbed, tuple(matrices[id(variables[i])] for i in perturbed)
+
+
+def make_geometry(options: SAMOptions, variables: Sequence) -> Geometry:
+    """The geometry of `options`, bound to the perturbed `variables`."""
+    if options.geometry == "l2":
+        return functools.partial(geometries.l2, norm=options.norm)
+    if options.geometry == "adaptive":
+        scaled = [
+            bool(options.normalize_bias) or v.name not in BIAS_NAMES
+            for v in variables
+        ]
+        return functools.partial(
+            geometries.adaptive,
+            eta=options.eta,
+            layerwise=options.adaptive == "layerwise",
+            scaled=scaled,
+            norm=options.norm,
+        )
+    if options.geometry == "fisher":
+        return functools.partial(geometries.fisher, eta=options.eta)
+    if options.geometry == "layer":
+        return functools.partial(geometries.layer, scale=options.layer_scale)
+    raise ValueError(f"Unknown geometry: {options.geometry!r}.")
 
 
 def make_plan(

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 from keras import ops
 
-from keras_sam.src.methods.matrices import WeightMatrix
+from keras_sam.src.layers.matrices import WeightMatrix
 from keras_sam.src.methods.tensors import all_finite
 from keras_sam.src.perturbation import calls_replaced
 

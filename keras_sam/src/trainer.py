@@ -10,7 +10,7 @@ then applies the result with the base optimizer.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import keras
 from keras import ops
@@ -45,6 +45,17 @@ class Update(NamedTuple):
     ascended: Any
     skipped: Any
     decoupled: list | None = None
+
+
+class PassInputs(Protocol):
+    """What a pass over one micro-batch runs from, as each backend's
+    `_PassInputs` holds it (with whatever else its passes need)."""
+
+    non_trainable: list  # the non-trainable values from before pass 1
+    metrics: list  # the metric values from before pass 1
+    x: Any
+    y: Any
+    sample_weight: Any
 
 
 class PassOne(NamedTuple):
@@ -112,12 +123,11 @@ def _mean(total: step.PassTwo, count: int) -> step.PassTwo:
 class SAMTrainer:
     """The backend-neutral half of `SAMModel`'s train step.
 
-    A backend subclass implements `_pass_two(values, scope, inputs) ->
-    (loss, gradients)`: the loss at `values` (unscaled) and its gradients
-    (scaled, aligned with the trainable variables, `None` for variables
-    without one), with every side effect of the forward pass discarded,
-    run within `scope` (the perturbation's, see `perturbation.py`);
-    `inputs` is whatever else the backend's pass 2 needs.
+    A backend subclass implements `train_step` and the hooks declared
+    below: `_pass_one`, `_micro_batch_pass_one` and `_kept_once` (pass 1,
+    each giving a `PassOne`) and `_pass_two`. Its `train_step` reads the
+    values of the step, runs `_passes_one`, then `_sam_update` with the
+    step's `_context`, and applies the `Update`.
     """
 
     # The name of `batch_splits` in the errors of a batch that it does not
@@ -315,27 +325,23 @@ class SAMTrainer:
         for i, step_ in zip(indices, steps):
             variables[i].assign_sub(step_)
 
-    def _perturbed_loss(
-        self, values, non_trainable_values, metrics_values, x, y, weights
-    ):
-        """Pass 2's loss at `values`, side effects discarded.
+    def _perturbed_loss(self, values: list, inputs: PassInputs):
+        """Pass 2's loss at `values` on a micro-batch, side effects
+        discarded.
 
-        Runs the model functionally (`stateless_call`) with
-        `non_trainable_values` (those from before pass 1: the same dropout
-        mask, BatchNorm in training mode on the same batch statistics),
-        includes the regularization losses at `values`, and drops every
-        update to non-trainable and metric variables.
+        Runs the model functionally (`stateless_call`) with the
+        non-trainable values from before pass 1 (the same dropout mask,
+        BatchNorm in training mode on the same batch statistics), includes
+        the regularization losses at `values`, and drops every update to
+        non-trainable and metric variables.
         """
-        return self._stateless_loss(
-            values, non_trainable_values, metrics_values, x, y, weights
-        )[0]
+        return self._stateless_loss(values, inputs)[0]
 
-    def _stateless_loss(
-        self, values, non_trainable_values, metrics_values, x, y, weights
-    ) -> tuple:
-        """The loss at `values` on a batch, run functionally from the given
+    def _stateless_loss(self, values: list, inputs: PassInputs) -> tuple:
+        """The loss at `values` on a micro-batch, run functionally from its
         non-trainable and metric values: `(loss, y_pred, non-trainable
         values, metric values)`, the last two as the pass left them."""
+        x, y, weights = inputs.x, inputs.y, inputs.sample_weight
         kwargs = {}
         if keras_internals.call_has_training_arg(self):
             kwargs["training"] = True
@@ -344,21 +350,25 @@ class SAMTrainer:
         # starting with "_".
         with keras.name_scope(self.name):
             y_pred, non_trainable, losses = self.stateless_call(
-                values, non_trainable_values, x, return_losses=True, **kwargs
+                values, inputs.non_trainable, x, return_losses=True, **kwargs
             )
-        mapping = list(zip(self.metrics_variables, metrics_values))
+        mapping = list(zip(self.metrics_variables, inputs.metrics))
         with keras_internals.losses_override(self, losses):
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 loss = keras_internals.compute_loss(self, x, y, y_pred, weights)
         metrics = [scope.get_current_value(v) for v in self.metrics_variables]
         return loss, y_pred, non_trainable, metrics
 
-    def _micro_batch_passes_one(self, values: list, inputs: list, x) -> PassOne:
-        """Pass 1 of each micro-batch (`batch_splits`; TensorFlow, torch),
-        each from the state before the step, with its side effects applied
-        once (`x` is the whole batch's input). The backend's
-        `_micro_batch_pass_one(values, inputs, index)` gives a micro-batch's
-        `(loss, gradients, y_pred, (non-trainable values, metric values))`."""
+    def _passes_one(
+        self, values: list, inputs: list, probes, u: list, loss_scale
+    ) -> PassOne:
+        """Pass 1 of the batch (`inputs`: one `PassInputs`), or of each
+        micro-batch, each from the state before the step, joined into what
+        one pass over the whole batch would give (`micro_batches.join`),
+        the side effects kept once (`_kept_once`). `probes`, `u` and
+        `loss_scale` are for `_pass_one` (one batch)."""
+        if len(inputs) == 1:
+            return self._pass_one(values, inputs[0], probes, u, loss_scale)
         passes = [
             self._micro_batch_pass_one(values, part, j)
             for j, part in enumerate(inputs)
@@ -366,20 +376,57 @@ class SAMTrainer:
         loss, y_pred, non_trainable, metrics = micro_batches.join(
             inputs[0].non_trainable,
             inputs[0].metrics,
-            [(loss_j, y_j, *effects) for loss_j, _, y_j, effects in passes],
+            [(p.loss, p.y_pred, p.non_trainable, p.metrics) for p in passes],
         )
-        self._assign_once(non_trainable, metrics)
-        self._track_loss(loss, x)
-        return PassOne(loss, [grads for _, grads, *_ in passes], y_pred)
+        groups = [p.groups[0] for p in passes]
+        one = PassOne(loss, groups, y_pred, None, non_trainable, metrics)
+        return self._kept_once(one, inputs[0].x)
 
-    def _assign_once(self, non_trainable: list, metrics: list) -> None:
-        """The non-trainable and metric variables take the values that the
-        micro-batches' passes 1 give together (`micro_batches.join`), SAM's
-        own state aside (TensorFlow, torch)."""
+    # The backend's hooks.
+
+    def _pass_one(
+        self, values: list, batch: PassInputs, probes, u: list, loss_scale
+    ) -> PassOne:
+        """Pass 1 over the whole batch, as Keras' own train step runs it,
+        differentiated with respect to `plan.clean_indices` (`values` are
+        theirs, for a backend that runs it functionally); with `probes`
+        (`_probes`), the weight matrices' layers run through them and pass
+        1 gives their singular pairs from the state's `u` instead of their
+        gradients, unless a layer ran twice (`probes.py`)."""
+        raise NotImplementedError
+
+    def _micro_batch_pass_one(
+        self, values: list, batch: PassInputs, index: int
+    ) -> PassOne:
+        """Pass 1 of the micro-batch `index`, run functionally at `values`
+        from the values before the step: its non-trainable and metric values
+        after it in the result, nothing assigned."""
+        raise NotImplementedError
+
+    def _kept_once(self, one: PassOne, x) -> PassOne:
+        """The micro-batches' joined pass 1 with its side effects kept: a
+        backend that assigns variables (TensorFlow, torch) assigns them
+        once, SAM's own state aside, and tracks the loss on the batch `x`
+        as Keras' step does; one that runs functionally returns it as it
+        is."""
+        raise NotImplementedError
+
+    def _pass_two(self, values: list, scope, batch: PassInputs) -> tuple:
+        """Pass 2 of a micro-batch at `values` (the perturbation's), within
+        `scope` (the perturbation's, `perturbation.py`): `(loss, gradients)`,
+        the loss unscaled, the gradients scaled shares aligned with the
+        trainable variables (`None` where not differentiated), every side
+        effect of the forward pass discarded (`_perturbed_loss`)."""
+        raise NotImplementedError
+
+    def _assign_once(self, one: PassOne) -> None:
+        """The non-trainable and metric variables take the values of the
+        micro-batches' joined pass 1, SAM's own state aside (TensorFlow,
+        torch)."""
         own = {id(v) for v in self._state.flat()}
         for variables, values in (
-            (self.non_trainable_variables, non_trainable),
-            (self.metrics_variables, metrics),
+            (self.non_trainable_variables, one.non_trainable),
+            (self.metrics_variables, one.metrics),
         ):
             for variable, value in zip(variables, values):
                 if id(variable) not in own:

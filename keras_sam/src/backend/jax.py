@@ -92,12 +92,11 @@ class JaxSAMTrainer(SAMTrainer):
         with self._stateless(optimizer_values, self.optimizer.variables):
             loss_scale = self._loss_scale()
             learning_rate = self._learning_rate()
-        args = (trainable, non_trainable, optimizer_values, metrics_values)
         batch_axis = _batch_axis(self)
         if batch_axis is None:
-            out = self._gradients(*args, data, loss_scale)
+            out = self._gradients(state, data, loss_scale)
         else:
-            out = self._per_replica(*args, data, loss_scale, *batch_axis)
+            out = self._per_replica(state, data, loss_scale, *batch_axis)
         update = out.update
         # A skipped step leaves every variable as it was (pass 1's updates
         # of BatchNorm statistics included); the SAM state commits itself.
@@ -144,17 +143,11 @@ class JaxSAMTrainer(SAMTrainer):
         )
 
     def _gradients(
-        self,
-        trainable,
-        non_trainable,
-        optimizer_values,
-        metrics_values,
-        data,
-        loss_scale,
-        replicas: Replicas = ONE_REPLICA,
+        self, state, data, loss_scale, replicas: Replicas = ONE_REPLICA
     ) -> _Gradients:
-        """Passes 1 and 2 of each micro-batch and the SAM update."""
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        """Passes 1 and 2 of each micro-batch and the SAM update, from the
+        trainer's `state`."""
+        trainable, non_trainable, optimizer_values, metrics_values = state
         inputs = [
             _PassInputs(
                 non_trainable,
@@ -163,12 +156,14 @@ class JaxSAMTrainer(SAMTrainer):
                 *micro_batch,
                 share=1.0 / replicas.count,
             )
-            for micro_batch in self._micro_batches((x, y, sample_weight))
+            for micro_batch in self._micro_batches(
+                keras.utils.unpack_x_y_sample_weight(data)
+            )
         ]
         sam_state = self._state.from_values(
             self.non_trainable_variables, non_trainable
         )
-        one = self._pass_one(
+        one = self._passes_one(
             trainable, inputs, self._probes(replicas), sam_state.u, loss_scale
         )
         ctx = self._context(trainable, sam_state, loss_scale, replicas)
@@ -177,17 +172,7 @@ class JaxSAMTrainer(SAMTrainer):
             one.loss, one.y_pred, one.non_trainable, one.metrics, update
         )
 
-    def _per_replica(
-        self,
-        trainable,
-        non_trainable,
-        optimizer_values,
-        metrics_values,
-        data,
-        loss_scale,
-        mesh,
-        axis: str,
-    ) -> _Gradients:
+    def _per_replica(self, state, data, loss_scale, mesh, axis: str):
         """`_gradients` with each device's shard of the batch as a replica
         (`ascent="per_replica"`), computed where the shard lives
         (`shard_map`): its own micro-batches, ascents and passes. The
@@ -198,16 +183,8 @@ class JaxSAMTrainer(SAMTrainer):
             mesh.shape[axis], lambda ts: [jax.lax.psum(t, axis) for t in ts]
         )
 
-        def run(trainable, non_trainable, optimizer_values, metrics, data):
-            out = self._gradients(
-                trainable,
-                non_trainable,
-                optimizer_values,
-                metrics,
-                data,
-                loss_scale,
-                replicas,
-            )
+        def run(state, data):
+            out = self._gradients(state, data, loss_scale, replicas)
             update = out.update._replace(
                 gradients=[
                     None if g is None else jax.lax.psum(g, axis)
@@ -215,6 +192,7 @@ class JaxSAMTrainer(SAMTrainer):
                 ],
                 sharpness=jax.lax.pmean(out.update.sharpness, axis),
             )
+            _, non_trainable, _, metrics = state
             return _Gradients(
                 jax.lax.pmean(out.loss, axis),
                 out.y_pred,
@@ -230,40 +208,22 @@ class JaxSAMTrainer(SAMTrainer):
         return jax.shard_map(
             run,
             mesh=mesh,
-            in_specs=(whole, whole, whole, whole, split),
+            in_specs=(whole, split),
             out_specs=_Gradients(whole, split, whole, whole, whole),
             check_vma=False,
-        )(trainable, non_trainable, optimizer_values, metrics_values, data)
+        )(tuple(state), data)
 
     @staticmethod
     def _stateless(values, variables):
         return keras.StatelessScope(state_mapping=list(zip(variables, values)))
 
-    def _pass_one(
-        self, trainable, inputs: list, probes=None, u=(), loss_scale=None
-    ):
-        """Pass 1 of each micro-batch, each from the state before the step,
-        joined: the mean loss, each micro-batch's gradients, the predictions,
-        the non-trainable and metric values after all of them
-        (`micro_batches`), and the singular pairs of a pass with `probes`
-        (one micro-batch; `None` without)."""
-        if probes is not None:
-            (loss, grads, *rest), pairs = self._probed_pass_one(
-                trainable, inputs[0], probes, u, loss_scale
-            )
-            y_pred, non_trainable, metrics = rest
-            return PassOne(loss, [grads], y_pred, pairs, non_trainable, metrics)
-        passes = [self._micro_batch_pass_one(trainable, i) for i in inputs]
-        groups = [grads for _, grads, *_ in passes]
-        if len(passes) == 1:
-            loss, _, y_pred, non_trainable, metrics = passes[0]
-        else:
-            loss, y_pred, non_trainable, metrics = micro_batches.join(
-                inputs[0].non_trainable,
-                inputs[0].metrics,
-                [(loss_j, y_j, *rest) for loss_j, _, y_j, *rest in passes],
-            )
-        return PassOne(loss, groups, y_pred, None, non_trainable, metrics)
+    def _pass_one(self, values, batch, probes, u, loss_scale) -> PassOne:
+        if probes is None:
+            return self._micro_batch_pass_one(values, batch, 0)
+        return self._probed_pass_one(values, batch, probes, u, loss_scale)
+
+    def _kept_once(self, one: PassOne, x) -> PassOne:
+        return one
 
     def _loss_and_updates(self, trainable, inputs: _PassInputs):
         """Pass 1's scaled loss and Keras' auxiliary values as a function of
@@ -288,14 +248,16 @@ class JaxSAMTrainer(SAMTrainer):
 
         return loss_and_updates
 
-    def _micro_batch_pass_one(self, trainable, inputs: _PassInputs):
+    def _micro_batch_pass_one(self, values, batch, index: int) -> PassOne:
         """As `keras.src.backend.jax.trainer` does it, differentiated with
         respect to the variables whose clean gradient the step reads."""
         clean = self._plan.clean_indices
         (_, aux), clean_grads = jax.value_and_grad(
-            self._loss_and_updates(trainable, inputs), has_aux=True
-        )([trainable[i] for i in clean])
-        return (aux[0], _aligned(trainable, clean, clean_grads), *aux[1:])
+            self._loss_and_updates(values, batch), has_aux=True
+        )([values[i] for i in clean])
+        loss, y_pred, non_trainable, metrics = aux
+        grads = _aligned(values, clean, clean_grads)
+        return PassOne(loss, [grads], y_pred, None, non_trainable, metrics)
 
     def _probed_pass_one(
         self, trainable, inputs: _PassInputs, probes, u, loss_scale
@@ -327,18 +289,12 @@ class JaxSAMTrainer(SAMTrainer):
             [g for i, g in zip(clean, clean_grads) if i in differentiated],
         )
         pairs = probes.pairs(probe_grads, runs[0], loss_scale)
-        return (aux[0], grads, *aux[1:]), pairs
+        loss, y_pred, non_trainable, metrics = aux
+        return PassOne(loss, [grads], y_pred, pairs, non_trainable, metrics)
 
     def _pass_two(self, values, scope, inputs: _PassInputs):
         def scaled_loss(values):
-            loss = self._perturbed_loss(
-                values,
-                inputs.non_trainable,
-                inputs.metrics,
-                inputs.x,
-                inputs.y,
-                inputs.sample_weight,
-            )
+            loss = self._perturbed_loss(values, inputs)
             with self._stateless(inputs.optimizer, self.optimizer.variables):
                 return self.optimizer.scale_loss(loss) * inputs.share, loss
 

@@ -170,19 +170,14 @@ class TensorFlowSAMTrainer(SAMTrainer):
         non_trainable = [_read(v) for v in self.non_trainable_variables]
         replicas, loss_scale = _replicas(), self._loss_scale()
         state = self._state.read(snapshot=tf.identity)
-        if self._options.batch_splits == 1:
-            one = self._pass_one(
-                x, y, sample_weight, self._probes(replicas), state.u, loss_scale
-            )
-            metrics = [_read(v) for v in self.metrics_variables]
-            inputs = [_PassInputs(non_trainable, metrics, x, y, sample_weight)]
-        else:
-            metrics = [_read(v) for v in self.metrics_variables]
-            inputs = [
-                _PassInputs(non_trainable, metrics, *micro_batch)
-                for micro_batch in self._micro_batches((x, y, sample_weight))
-            ]
-            one = self._micro_batch_passes_one(values, inputs, x)
+        metrics = [_read(v) for v in self.metrics_variables]
+        inputs = [
+            _PassInputs(non_trainable, metrics, *micro_batch)
+            for micro_batch in self._micro_batches((x, y, sample_weight))
+        ]
+        one = self._passes_one(
+            values, inputs, self._probes(replicas), state.u, loss_scale
+        )
         ctx = self._context(values, state, loss_scale, replicas)
         update = self._sam_update(ctx, state, one, inputs)
         self._apply_update(update, variables, non_trainable)
@@ -264,13 +259,10 @@ class TensorFlowSAMTrainer(SAMTrainer):
             # LossScaleOptimizer's scale is its variable, not a constant.
             self.optimizer.build(self.trainable_variables)
 
-    def _pass_one(
-        self, x, y, sample_weight, probes=None, u=(), loss_scale=None
-    ):
-        """As `keras.src.backend.tensorflow.trainer` does it; with `probes`,
-        the weight matrices' layers run through them, and pass 1 gives
-        their singular pairs instead of their gradients unless a layer ran
-        twice (`probes.py`)."""
+    def _pass_one(self, values, batch, probes, u, loss_scale) -> PassOne:
+        """As `keras.src.backend.tensorflow.trainer` does it, on the
+        variables (`values` unused)."""
+        x, y, sample_weight = batch.x, batch.y, batch.sample_weight
         probe_values = [] if probes is None else probes.initial(u)
         scope = contextlib.nullcontext()
         if probes is not None:
@@ -309,10 +301,10 @@ class TensorFlowSAMTrainer(SAMTrainer):
             )[0],
         )
 
-    def _micro_batch_pass_one(self, values, inputs: _PassInputs, index: int):
+    def _micro_batch_pass_one(self, values, batch, index: int) -> PassOne:
         with tf.GradientTape() as tape:
             tape.watch(values)
-            loss, y_pred, *effects = self._stateless_loss(values, *inputs)
+            loss, y_pred, *effects = self._stateless_loss(values, batch)
             scaled = self.optimizer.scale_loss(loss)
         clean = self._plan.clean_indices
         grads = [None] * len(values)
@@ -320,11 +312,16 @@ class TensorFlowSAMTrainer(SAMTrainer):
             clean, tape.gradient(scaled, [values[i] for i in clean])
         ):
             grads[i] = _dense(g)
-        return loss, grads, y_pred, effects
+        return PassOne(loss, [grads], y_pred, None, *effects)
+
+    def _kept_once(self, one: PassOne, x) -> PassOne:
+        self._assign_once(one)
+        self._track_loss(one.loss, x)
+        return one
 
     def _pass_two(self, values, scope, inputs: _PassInputs):
         with tf.GradientTape() as tape, scope:
             tape.watch(values)
-            loss = self._perturbed_loss(values, *inputs)
+            loss = self._perturbed_loss(values, inputs)
             scaled = self.optimizer.scale_loss(loss)
         return loss, [_dense(g) for g in tape.gradient(scaled, values)]

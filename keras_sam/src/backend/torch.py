@@ -21,16 +21,6 @@ class _PassInputs(NamedTuple):
     y: object
     sample_weight: object
 
-    def loss_arguments(self) -> tuple:
-        """What a stateless loss takes after the trainable values."""
-        return (
-            self.non_trainable,
-            self.metrics,
-            self.x,
-            self.y,
-            self.sample_weight,
-        )
-
 
 def _rng_snapshot():
     """The global torch RNG states (CPU and initialised CUDA devices)."""
@@ -98,19 +88,13 @@ class TorchSAMTrainer(SAMTrainer):
         values = [v.value.detach() for v in variables]
         metrics = [v.value for v in self.metrics_variables]
         state, loss_scale = self._state.read(), self._loss_scale()
-        if self._options.batch_splits == 1:
-            one = self._pass_one(
-                x, y, sample_weight, self._probes(), state.u, loss_scale
-            )
-            inputs = [
-                _PassInputs(non_trainable, metrics, rng, x, y, sample_weight)
-            ]
-        else:
-            inputs = [
-                _PassInputs(non_trainable, metrics, rng, *micro_batch)
-                for micro_batch in self._micro_batches((x, y, sample_weight))
-            ]
-            one = self._micro_batch_passes_one(values, inputs, x)
+        inputs = [
+            _PassInputs(non_trainable, metrics, rng, *micro_batch)
+            for micro_batch in self._micro_batches((x, y, sample_weight))
+        ]
+        one = self._passes_one(
+            values, inputs, self._probes(), state.u, loss_scale
+        )
         with torch.no_grad():
             ctx = self._context(values, state, loss_scale)
             update = self._sam_update(ctx, state, one, inputs)
@@ -149,15 +133,10 @@ class TorchSAMTrainer(SAMTrainer):
                 tensors.clear()
         direction.clear()
 
-    def _pass_one(
-        self, x, y, sample_weight, probes=None, u=(), loss_scale=None
-    ):
-        """As `keras.src.backend.torch.trainer` does it, differentiated with
-        respect to the variables whose clean gradient the step reads; with
-        `probes`, the weight matrices' layers run through them, and pass 1
-        gives their singular pairs instead of their gradients unless a
-        layer ran twice (`probes.py`).
-        """
+    def _pass_one(self, values, batch, probes, u, loss_scale) -> PassOne:
+        """As `keras.src.backend.torch.trainer` does it, on the variables
+        (`values` unused)."""
+        x, y, sample_weight = batch.x, batch.y, batch.sample_weight
         probe_values, scope = [], contextlib.nullcontext()
         if probes is not None:
             probe_values = [p.requires_grad_() for p in probes.initial(u)]
@@ -195,15 +174,13 @@ class TorchSAMTrainer(SAMTrainer):
             ).shape[0],
         )
 
-    def _micro_batch_pass_one(self, values, inputs: _PassInputs, index: int):
+    def _micro_batch_pass_one(self, values, batch, index: int) -> PassOne:
         """The first micro-batch draws from the global RNG; the others
         replay the state it started from, as pass 2 does."""
         leaves = [value.detach().requires_grad_(True) for value in values]
-        replay = _replay_rng(inputs.rng) if index else contextlib.nullcontext()
+        replay = _replay_rng(batch.rng) if index else contextlib.nullcontext()
         with torch.enable_grad(), replay:
-            loss, y_pred, *effects = self._stateless_loss(
-                leaves, *inputs.loss_arguments()
-            )
+            loss, y_pred, *effects = self._stateless_loss(leaves, batch)
         scaled = self.optimizer.scale_loss(loss)
         clean = self._plan.clean_indices
         grads = [None] * len(values)
@@ -214,12 +191,17 @@ class TorchSAMTrainer(SAMTrainer):
             ),
         ):
             grads[i] = g
-        return loss.detach(), grads, y_pred.detach(), effects
+        return PassOne(loss.detach(), [grads], y_pred.detach(), None, *effects)
+
+    def _kept_once(self, one: PassOne, x) -> PassOne:
+        self._assign_once(one)
+        self._track_loss(one.loss, x)
+        return one
 
     def _pass_two(self, values, scope, inputs: _PassInputs):
         leaves = [value.detach().requires_grad_(True) for value in values]
         with torch.enable_grad(), _replay_rng(inputs.rng), scope:
-            loss = self._perturbed_loss(leaves, *inputs.loss_arguments())
+            loss = self._perturbed_loss(leaves, inputs)
             scaled = self.optimizer.scale_loss(loss)
         grads = torch.autograd.grad(scaled, leaves, allow_unused=True)
         return loss.detach(), list(grads)

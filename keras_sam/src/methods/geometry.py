@@ -18,13 +18,11 @@ References:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 from keras import ops
 
 from keras_sam.src.methods.tensors import DELTA, all_finite, global_norm
-from keras_sam.src.options import SAMOptions
 
 Geometry = Callable[[list, list, list, object], list]
 
@@ -117,29 +115,6 @@ def layer(direction, gradients, weights, rho, *, scale: str = "eq7") -> list:
         rho * global_norm([w]) / (global_norm([d]) + DELTA) * d
         for d, w in zip(direction, weights)
     ]
-
-
-def make_geometry(options: SAMOptions, variables: Sequence) -> Geometry:
-    """The geometry of `options`, bound to the perturbed `variables`."""
-    if options.geometry == "l2":
-        return functools.partial(l2, norm=options.norm)
-    if options.geometry == "adaptive":
-        scaled = [
-            bool(options.normalize_bias) or v.name not in BIAS_NAMES
-            for v in variables
-        ]
-        return functools.partial(
-            adaptive,
-            eta=options.eta,
-            layerwise=options.adaptive == "layerwise",
-            scaled=scaled,
-            norm=options.norm,
-        )
-    if options.geometry == "fisher":
-        return functools.partial(fisher, eta=options.eta)
-    if options.geometry == "layer":
-        return functools.partial(layer, scale=options.layer_scale)
-    raise ValueError(f"Unknown geometry: {options.geometry!r}.")
 
 
 def perturbation(

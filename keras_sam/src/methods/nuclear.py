@@ -133,3 +133,17 @@ def rank_one_from_pairs(
     scales = [ops.where(finite, s, 0.0) for s in scales]
     vs = [ops.where(finite, v, 0.0) for v in vs]
     return us, vs, scales
+
+
+def probe_gradient(flat, upstream, probe, iterations: int):
+    """`concat(u, v, [sigma])` of Alg. 2 on `flat^T upstream` (a layer's
+    flattened input and output gradient: its kernel's gradient, never
+    formed), in float32, warm-started from the probe's first `rows`
+    entries, `u`."""
+    u, v, sigma = outer_sum_pair(
+        ops.cast(flat, "float32"),
+        ops.cast(upstream, "float32"),
+        probe[: flat.shape[1]],
+        iterations,
+    )
+    return ops.concatenate([u, v, ops.reshape(sigma, (1,))])
