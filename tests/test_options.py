@@ -8,6 +8,7 @@ import keras
 import pytest
 
 from keras_sam import PRESETS, SAMModel
+from keras_sam.src.options import OPTIONS
 
 
 def _mlp(norm=True):
@@ -577,3 +578,42 @@ def test_real_options_are_stored_as_floats_and_callables_as_given():
     assert SAMModel(_mlp(), rho=radius).options.rho is radius
     sam = SAMModel(_mlp(), "looksam", alpha=1, k=3)
     assert type(sam.options.alpha) is float and type(sam.options.k) is int
+
+
+def _options_page_section(title: str) -> str:
+    page = pathlib.Path(__file__).parents[1] / "docs" / "options.md"
+    return page.read_text().split(f"\n## {title}\n")[1].split("\n## ")[0]
+
+
+def test_options_page_presets_table_is_presets():
+    """docs/options.md's table of presets is `PRESETS`: each geometry and
+    the options it sets."""
+    rows = re.findall(
+        r"^\| `\"(\w+)\"` \| (\w+) \| (.*) \|$",
+        _options_page_section("Presets"),
+        re.MULTILINE,
+    )
+    expected = {
+        name: (
+            preset.geometry,
+            ", ".join(
+                f"`{key}={value!r}`".replace("'", '"')
+                for key, value in preset.values.items()
+            ),
+        )
+        for name, preset in PRESETS.items()
+    }
+    assert {name: (g, values) for name, g, values in rows} == expected
+
+
+def test_options_page_summarises_every_option_as_the_table_does():
+    """docs/options.md's one-line list is each `Option.summary`, in the
+    order of `OPTIONS`, each linked to the option's own section."""
+    section = _options_page_section("The options")
+    rows = re.findall(
+        r"^\| \[`(\w+)`\]\(#(\w+)\) \| (.*) \|$", section, re.MULTILINE
+    )
+    assert all(name == anchor for name, anchor, _ in rows)
+    summaries = [(name, text.replace("\\|", "|")) for name, _, text in rows]
+    assert summaries[1:] == [(o.name, o.summary) for o in OPTIONS]
+    assert all(f"\n### `{name}`\n" in section for name, _ in summaries)
