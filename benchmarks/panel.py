@@ -28,7 +28,8 @@ resumes and several processes (one per core) can share the work:
     KERAS_BACKEND=jax taskset -c 0 python benchmarks/panel.py --seeds 2 \\
         --tasks vit,mixer --results panel_a.jsonl base sam \\
         "asam rho=0.1" "asam rho=0.2" "asam rho=0.5"
-    python benchmarks/panel.py --table panel_a.jsonl panel_b.jsonl
+    python benchmarks/panel.py --table panel_a.jsonl panel_b.jsonl \\
+        --plot panel.png
 
 The table gives each run's accuracy per task (mean ± std over the seeds),
 its gap to `sam` per task in points, the worst gap over the choosing tasks
@@ -241,7 +242,8 @@ def load(paths) -> list[dict]:
 
 def sweep(tasks, runs, seeds, path: pathlib.Path) -> None:
     """Trains every (seed, task, run) not yet in `path`, appending each
-    result as it ends."""
+    result as it ends; a run whose method does not apply to the task's
+    model (a `ValueError` at construction) is skipped."""
     backend = keras.backend.backend()
     done = {
         (r["task"], r["run"], r["seed"])
@@ -253,7 +255,13 @@ def sweep(tasks, runs, seeds, path: pathlib.Path) -> None:
             for run in runs:
                 if (task, run, seed) in done:
                     continue
-                result = train(task, run, seed)
+                try:
+                    result = train(task, run, seed)
+                except ValueError as error:
+                    # A method that does not apply to the model (SAM-ON
+                    # without normalization layers) is a clear error.
+                    print(f"  {task} {run}: does not apply: {error}")
+                    continue
                 with path.open("a") as f:
                     f.write(json.dumps(result) + "\n")
                 print(
@@ -330,6 +338,59 @@ def table(results: list[dict]) -> None:
         )
 
 
+def _radius(run: str) -> float | None:
+    words = [w for w in run.split() if w.startswith("rho=")]
+    return float(words[0][4:]) if words else None
+
+
+def plot(results: list[dict], path: str) -> None:
+    """Test accuracy against the radius, one axis per method swept over at
+    least three radii, one line per task (mean over the seeds; dotted: the
+    task's `sam` at its default)."""
+    demo._require("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    acc = _accuracies(results)
+    runs = list(dict.fromkeys(r["run"] for r in results))
+    families = {}
+    for run in runs:
+        if _radius(run) is not None:
+            families.setdefault(_family(run), []).append(run)
+    families = {f: rs for f, rs in families.items() if len(rs) >= 3}
+    rows = -(-len(families) // 4)
+    figure, axes = pyplot.subplots(
+        rows, 4, figsize=(13, 3.2 * rows), sharey=True, squeeze=False
+    )
+    for axis in axes.flat[len(families) :]:
+        axis.set_visible(False)
+    for axis, (family, members) in zip(axes.flat, families.items()):
+        for i, task in enumerate(t for t in TASKS if (t, "sam") in acc):
+            points = sorted(
+                (_radius(r), statistics.mean(acc[task, r]))
+                for r in members
+                if (task, r) in acc
+            )
+            color = f"C{i}"
+            axis.plot(*zip(*points), "o-", color=color, label=task)
+            axis.axhline(
+                statistics.mean(acc[task, "sam"]), color=color, ls=":", lw=1
+            )
+        radii = sorted(_radius(r) for r in members)
+        axis.set(xscale="log", xlabel="rho", title=family)
+        axis.set_xticks(radii, [f"{r:g}" for r in radii])
+        axis.minorticks_off()
+        axis.grid(alpha=0.3)
+    for axis in axes[:, 0]:
+        axis.set_ylabel("test accuracy")
+    axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", help="METHOD [K=V ...]")
@@ -341,9 +402,14 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--table", nargs="+", metavar="FILE", help="only print the table"
     )
+    parser.add_argument(
+        "--plot", metavar="PNG", help="with --table: accuracy against rho"
+    )
     args = parser.parse_args(argv)
     if args.table:
         table(load(args.table))
+        if args.plot:
+            plot(load(args.table), args.plot)
         return
     runs = args.runs + (every_preset() if args.presets else [])
     tasks = args.tasks.split(",")

@@ -70,8 +70,8 @@ class SAMModel(BackendSAMTrainer, keras.Model):
     | `"looksam"` | l2 | no | look | sam | all | 0.05 |
     | `"looklayersam"` | layer | no | look | sam | all | 0.1 |
     | `"samk"` | l2 | no | every_k | sam | all | 0.2 |
-    | `"nusam"` | nuclear | no | none | sam | weight matrices | 0.05 |
-    | `"nusam_norm"` | nuclear_norm | no | none | sam | weight matrices | 0.5 |
+    | `"nusam"` | nuclear | no | none | sam | weight matrices | 0.1 |
+    | `"nusam_norm"` | nuclear_norm | no | none | sam | weight matrices | 0.2 |
     | `"gsam"` | l2 | no | none | gsam | all | 0.05 |
     | `"wsam"` | l2 | no | none | wsam | all | 0.05 |
 

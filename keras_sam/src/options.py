@@ -421,8 +421,8 @@ PRESETS: dict[str, Preset] = {
     "samk": Preset(
         "l2", {"rho": 0.2, "reuse": "every_k", "k": 2}, "Liu et al., 2022"
     ),
-    "nusam": Preset("nuclear", {"rho": 0.05}, "Ahn et al., 2024"),
-    "nusam_norm": Preset("nuclear_norm", {"rho": 0.5}, "Ahn et al., 2024"),
+    "nusam": Preset("nuclear", {"rho": 0.1}, "Ahn et al., 2024"),
+    "nusam_norm": Preset("nuclear_norm", {"rho": 0.2}, "Ahn et al., 2024"),
     "gsam": Preset(
         "l2",
         {"rho": 0.05, "descent": "gsam", "gsam_alpha": 0.6},
