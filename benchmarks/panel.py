@@ -344,11 +344,12 @@ def _radius(run: str) -> float | None:
 
 
 def plot(results: list[dict], path: str) -> None:
-    """Test accuracy against the radius, one axis per method swept over at
-    least three radii, one line per task (mean over the seeds; dotted: the
-    task's `sam` at its default)."""
+    """Test accuracy against the radius on the choosing tasks, one axis per
+    method swept over at least three radii, one line per task (mean over
+    the seeds; dotted: the task's `sam` at its default)."""
     demo._require("matplotlib")
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
@@ -367,7 +368,7 @@ def plot(results: list[dict], path: str) -> None:
     for axis in axes.flat[len(families) :]:
         axis.set_visible(False)
     for axis, (family, members) in zip(axes.flat, families.items()):
-        for i, task in enumerate(t for t in TASKS if (t, "sam") in acc):
+        for i, task in enumerate(t for t in CHOOSING if (t, "sam") in acc):
             points = sorted(
                 (_radius(r), statistics.mean(acc[task, r]))
                 for r in members
@@ -382,6 +383,7 @@ def plot(results: list[dict], path: str) -> None:
         axis.set(xscale="log", xlabel="rho", title=family)
         axis.set_xticks(radii, [f"{r:g}" for r in radii])
         axis.minorticks_off()
+        axis.yaxis.set_major_locator(matplotlib.ticker.MultipleLocator(0.1))
         axis.grid(alpha=0.3)
     for axis in axes[:, 0]:
         axis.set_ylabel("test accuracy")

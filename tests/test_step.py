@@ -48,9 +48,9 @@ def _flat(arrays):
     return np.concatenate([np.ravel(a) for a in arrays])
 
 
-def _context(options, loss_scale=None, replicas=ONE_REPLICA, plan=PLAN):
+def _context(options, loss_scale=None, replicas=ONE_REPLICA):
     return step.Context(
-        plan, options, _t(VALUES), loss_scale, replicas, options.rho
+        PLAN, options, _t(VALUES), loss_scale, replicas, options.rho
     )
 
 
@@ -266,23 +266,9 @@ def test_perturbation_from_singular_pairs(method):
     """nuSAM: `eps_i = rho u_i v_i^T`; nuSAM-Norm: `rho sigma_i /
     ||sigma|| u_i v_i^T` (sigma = (3, 4): scales 0.6 rho and 0.8 rho)."""
     pairs = _pairs()
-    clean = step.Clean(
-        loss=1.0,
-        scaled=[],
-        share=[],
-        total=None,
-        perturbed=None,
-        ascents=[None],
-        own=False,
-        groups=None,
-        finite=ops.convert_to_tensor(True),
-        present=(True, True, False, False),
-        others={},
-        pairs=pairs,
-    )
-    plan = dataclasses.replace(PLAN, perturbed_indices=(0, 1))
+    clean = _gather_pairs(pairs)
     state_u = _t([np.ones(2), np.ones(2)])
-    ctx = _context(resolve_options(method, rho=0.5), plan=plan)
+    ctx = _context(resolve_options(method, rho=0.5))
     perturbation, u = step.perturb_from_pairs(ctx, clean, state_u)
     expected = [0.5, 0.5] if method == "nusam" else [0.3, 0.4]
     np.testing.assert_allclose(_np(perturbation.scales), expected, rtol=1e-6)
