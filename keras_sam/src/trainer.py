@@ -167,21 +167,23 @@ class SAMTrainer:
             o, t, clean, state.norm_stats, active
         )
         if plan.ascends_every_step:
-            branch, two = self._ascend(ctx, clean, ema, state, inputs)
+            branch, differentiated = self._ascend(
+                ctx, clean, ema, state, inputs
+            )
         else:
             branch = ops.cond(
                 ascent,
                 lambda: self._ascend(ctx, clean, ema, state, inputs)[0],
                 lambda: step.reuse(ctx, clean, state, active),
             )
-            two = ()
+            differentiated = ()
         # Replicas synchronise outside the conditional: MirroredStrategy
         # cannot all-reduce inside one.
         ok = ops.logical_and(clean.finite, ctx.replicas.all(branch.finite))
         g_v = step.global_g_v(ctx, branch.g_v, state.g_v, ascent)
         branch, decoupled = step.descend(ctx, clean, branch, ascent)
         new = SAMState(state.iterations + 1, ema, g_v, branch.u, norm_stats)
-        present = plan.has_gradient(clean.present, two)
+        present = plan.has_gradient(clean.present, differentiated)
         return Update(
             gradients=step.merge(plan, clean, branch.gradients, present),
             state=step.commit(state, new, ok),
