@@ -339,8 +339,8 @@ def table(results: list[dict]) -> None:
 
 
 def _radius(run: str) -> float | None:
-    words = [w for w in run.split() if w.startswith("rho=")]
-    return float(words[0][4:]) if words else None
+    """The run's `rho=`, if it gives one."""
+    return parse_run(run)[2].get("rho")
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -409,9 +409,10 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     if args.table:
-        table(load(args.table))
+        results = load(args.table)
+        table(results)
         if args.plot:
-            plot(load(args.table), args.plot)
+            plot(results, args.plot)
         return
     runs = args.runs + (every_preset() if args.presets else [])
     tasks = args.tasks.split(",")

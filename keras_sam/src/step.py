@@ -214,7 +214,7 @@ def gather(
         groups=shares if own and options.descent == "gsam" else None,
         finite=replicas.all(all_finite(share)),
         present=tuple(g is not None for g in grads),
-        others={i: g for i, g in enumerate(grads) if i not in position},
+        others=_outside(plan, grads),
     )
 
 
@@ -224,8 +224,6 @@ def _gathered_pairs(
     present = [g is not None for g in grads]
     for i, called in zip(plan.perturbed_indices, pairs.called):
         present[i] = called
-    position = set(plan.gradient_indices)
-    others = {i: g for i, g in enumerate(grads) if i not in position}
     return Clean(
         loss=loss,
         scaled=grads,
@@ -237,9 +235,16 @@ def _gathered_pairs(
         groups=None,
         finite=pairs.finite(),
         present=tuple(present),
-        others=others,
+        others=_outside(plan, grads),
         pairs=pairs,
     )
+
+
+def _outside(plan: StepPlan, grads: list) -> dict:
+    """Pass 1's gradients of the variables outside the SAM gradient, by
+    index."""
+    inside = set(plan.gradient_indices)
+    return {i: g for i, g in enumerate(grads) if i not in inside}
 
 
 def _reads_total(options: SAMOptions, own: bool) -> bool:

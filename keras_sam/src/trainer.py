@@ -124,8 +124,9 @@ class SAMTrainer:
     """The backend-neutral half of `SAMModel`'s train step.
 
     A backend subclass implements `train_step` and the hooks declared
-    below: `_pass_one`, `_micro_batch_pass_one` and `_kept_once` (pass 1,
-    each giving a `PassOne`) and `_pass_two`. Its `train_step` reads the
+    below: `_pass_one` and `_micro_batch_pass_one` (pass 1, each giving a
+    `PassOne`), `_pass_two`, and `_track_loss`, or `_kept_once` where pass
+    1 runs functionally. Its `train_step` reads the
     values of the step, runs `_passes_one`, then `_sam_update` with the
     step's `_context`, and applies the `Update`.
     """
@@ -406,11 +407,26 @@ class SAMTrainer:
         raise NotImplementedError
 
     def _kept_once(self, one: PassOne, x) -> PassOne:
-        """The micro-batches' joined pass 1 with its side effects kept: a
-        backend that assigns variables (TensorFlow, torch) assigns them
-        once, SAM's own state aside, and tracks the loss on the batch `x`
-        as Keras' step does; one that runs functionally returns it as it
-        is."""
+        """The micro-batches' joined pass 1 with its side effects kept
+        once: a backend that assigns variables (TensorFlow, torch, this
+        default) gives the non-trainable and metric variables their joined
+        values, SAM's own state aside, and tracks the loss on the batch `x`
+        as Keras' step does (`_track_loss`); one that runs functionally
+        (JAX) returns `one` as it is."""
+        own = {id(v) for v in self._state.flat()}
+        for variables, values in (
+            (self.non_trainable_variables, one.non_trainable),
+            (self.metrics_variables, one.metrics),
+        ):
+            for variable, value in zip(variables, values):
+                if id(variable) not in own:
+                    variable.assign(value)
+        self._track_loss(one.loss, x)
+        return one
+
+    def _track_loss(self, loss, x) -> None:
+        """The loss tracker's update with a batch's loss, as Keras' step
+        does it (a backend whose pass 1 assigns variables)."""
         raise NotImplementedError
 
     def _pass_two(self, values: list, scope, batch: PassInputs) -> tuple:
@@ -420,19 +436,6 @@ class SAMTrainer:
         trainable variables (`None` where not differentiated), every side
         effect of the forward pass discarded (`_perturbed_loss`)."""
         raise NotImplementedError
-
-    def _assign_once(self, one: PassOne) -> None:
-        """The non-trainable and metric variables take the values of the
-        micro-batches' joined pass 1, SAM's own state aside (TensorFlow,
-        torch)."""
-        own = {id(v) for v in self._state.flat()}
-        for variables, values in (
-            (self.non_trainable_variables, one.non_trainable),
-            (self.metrics_variables, one.metrics),
-        ):
-            for variable, value in zip(variables, values):
-                if id(variable) not in own:
-                    variable.assign(value)
 
     def _loss_scale(self):
         """The factor by which `optimizer.scale_loss` multiplies the loss

@@ -314,11 +314,6 @@ class TensorFlowSAMTrainer(SAMTrainer):
             grads[i] = _dense(g)
         return PassOne(loss, [grads], y_pred, None, *effects)
 
-    def _kept_once(self, one: PassOne, x) -> PassOne:
-        self._assign_once(one)
-        self._track_loss(one.loss, x)
-        return one
-
     def _pass_two(self, values, scope, inputs: _PassInputs):
         with tf.GradientTape() as tape, scope:
             tape.watch(values)

@@ -193,11 +193,6 @@ class TorchSAMTrainer(SAMTrainer):
             grads[i] = g
         return PassOne(loss.detach(), [grads], y_pred.detach(), None, *effects)
 
-    def _kept_once(self, one: PassOne, x) -> PassOne:
-        self._assign_once(one)
-        self._track_loss(one.loss, x)
-        return one
-
     def _pass_two(self, values, scope, inputs: _PassInputs):
         leaves = [value.detach().requires_grad_(True) for value in values]
         with torch.enable_grad(), _replay_rng(inputs.rng), scope:
