@@ -161,6 +161,11 @@ def or_zeros(tensors: list, like: list, indices) -> list:
     ]
 
 
+def scaled(loss, loss_scale):
+    """`loss` times the loss scale, as `optimizer.scale_loss` gives it."""
+    return loss if loss_scale is None else loss * loss_scale
+
+
 def unscaled(tensors: list, loss_scale) -> list:
     """The gradients in float32 and, under loss scaling, unscaled."""
     tensors = to_float32(tensors)

@@ -3,9 +3,10 @@
 `SAMTrainer` is mixed into `SAMModel` through the backend's subclass
 (`keras_sam/src/backend/`), as Keras mixes its own trainers into
 `keras.Model`. A backend's `train_step` runs pass 1 as Keras' own does,
-then `_sam_update`, which composes the pure functions of `step` and calls
-back the backend's `_pass_two` for the gradient at the perturbed weights,
-then applies the result with the base optimizer.
+then `_sam_update`, which composes the pure functions of `step` and hands
+pass 2's loss (`_pass_two_loss`) to the backend's `_pass_two` to
+differentiate at the perturbed weights, then applies the result with the
+base optimizer.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class PassInputs(Protocol):
     x: Any
     y: Any
     sample_weight: Any
+    share: float  # what this replica's loss counts for, where the backend
+    # does not scale it itself (JAX's per-replica step: 1 / replicas)
 
 
 class PassOne(NamedTuple):
@@ -219,7 +222,9 @@ class SAMTrainer:
             if len(inputs) == 1:
                 self._release_clean_gradient(clean, ascent.direction)
             del ascent  # eager backends: no reference to eps in pass 2
-            loss_2, grads_2 = self._pass_two(run_values, scope, group)
+            loss_2, grads_2 = self._pass_two(
+                self._pass_two_loss(ctx, group), run_values, scope, group
+            )
             own = None
             if clean.groups is not None:
                 own = step.own_gsam(ctx, clean.groups[j], grads_2)
@@ -328,17 +333,24 @@ class SAMTrainer:
         for i, step_ in zip(indices, steps):
             variables[i].assign_sub(step_)
 
-    def _perturbed_loss(self, values: list, inputs: PassInputs):
-        """Pass 2's loss at `values` on a micro-batch, side effects
-        discarded.
+    def _pass_two_loss(self, ctx: step.Context, batch: PassInputs):
+        """Pass 2's loss on the micro-batch `batch` as a function of the
+        trainable values, for the backend's `_pass_two` to differentiate:
+        `values -> (scaled loss, loss)`.
 
         Runs the model functionally (`stateless_call`) with the
         non-trainable values from before pass 1 (the same dropout mask,
         BatchNorm in training mode on the same batch statistics), includes
         the regularization losses at `values`, and drops every update to
-        non-trainable and metric variables.
+        non-trainable and metric variables. The scaled loss carries the
+        step's loss scale and the replica's `share`.
         """
-        return self._stateless_loss(values, inputs)[0]
+
+        def loss(values):
+            value = self._stateless_loss(values, batch)[0]
+            return step.scaled(value, ctx.loss_scale) * batch.share, value
+
+        return loss
 
     def _stateless_loss(self, values: list, inputs: PassInputs) -> tuple:
         """The loss at `values` on a micro-batch, run functionally from its
@@ -429,12 +441,14 @@ class SAMTrainer:
         does it (a backend whose pass 1 assigns variables)."""
         raise NotImplementedError
 
-    def _pass_two(self, values: list, scope, batch: PassInputs) -> tuple:
-        """Pass 2 of a micro-batch at `values` (the perturbation's), within
-        `scope` (the perturbation's, `perturbation.py`): `(loss, gradients)`,
-        the loss unscaled, the gradients scaled shares aligned with the
-        trainable variables (`None` where not differentiated), every side
-        effect of the forward pass discarded (`_perturbed_loss`)."""
+    def _pass_two(self, loss, values: list, scope, batch: PassInputs) -> tuple:
+        """Pass 2 of the micro-batch `batch`: the gradient of `loss`
+        (`_pass_two_loss`: `values -> (scaled loss, loss)`) at `values` (the
+        perturbation's), run within `scope` (the perturbation's,
+        `perturbation.py`). Returns `(loss, gradients)`: the loss unscaled,
+        the gradients of the scaled loss aligned with the trainable
+        variables (`None` where not differentiated). The backend only
+        differentiates: it calls nothing else of the trainer."""
         raise NotImplementedError
 
     def _loss_scale(self):

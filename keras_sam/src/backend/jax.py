@@ -292,14 +292,7 @@ class JaxSAMTrainer(SAMTrainer):
         loss, y_pred, non_trainable, metrics = aux
         return PassOne(loss, [grads], y_pred, pairs, non_trainable, metrics)
 
-    def _pass_two(self, values, scope, inputs: _PassInputs):
-        def scaled_loss(values):
-            loss = self._perturbed_loss(values, inputs)
-            with self._stateless(inputs.optimizer, self.optimizer.variables):
-                return self.optimizer.scale_loss(loss) * inputs.share, loss
-
+    def _pass_two(self, loss, values, scope, batch: _PassInputs):
         with scope:
-            (_, loss), grads = jax.value_and_grad(scaled_loss, has_aux=True)(
-                values
-            )
-        return loss, grads
+            (_, value), grads = jax.value_and_grad(loss, has_aux=True)(values)
+        return value, grads

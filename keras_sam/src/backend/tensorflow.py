@@ -22,6 +22,7 @@ class _PassInputs(NamedTuple):
     x: object
     y: object
     sample_weight: object
+    share: float = 1.0  # compute_loss scales the loss for the replicas
 
 
 def _read(variable):
@@ -314,9 +315,8 @@ class TensorFlowSAMTrainer(SAMTrainer):
             grads[i] = _dense(g)
         return PassOne(loss, [grads], y_pred, None, *effects)
 
-    def _pass_two(self, values, scope, inputs: _PassInputs):
+    def _pass_two(self, loss, values, scope, batch: _PassInputs):
         with tf.GradientTape() as tape, scope:
             tape.watch(values)
-            loss = self._perturbed_loss(values, inputs)
-            scaled = self.optimizer.scale_loss(loss)
-        return loss, [_dense(g) for g in tape.gradient(scaled, values)]
+            scaled, value = loss(values)
+        return value, [_dense(g) for g in tape.gradient(scaled, values)]

@@ -20,6 +20,7 @@ class _PassInputs(NamedTuple):
     x: object
     y: object
     sample_weight: object
+    share: float = 1.0  # one process: one replica
 
 
 def _rng_snapshot():
@@ -193,10 +194,11 @@ class TorchSAMTrainer(SAMTrainer):
             grads[i] = g
         return PassOne(loss.detach(), [grads], y_pred.detach(), None, *effects)
 
-    def _pass_two(self, values, scope, inputs: _PassInputs):
+    def _pass_two(self, loss, values, scope, batch: _PassInputs):
+        """Replays the RNG state pass 1 started from (the same dropout
+        mask)."""
         leaves = [value.detach().requires_grad_(True) for value in values]
-        with torch.enable_grad(), _replay_rng(inputs.rng), scope:
-            loss = self._perturbed_loss(leaves, inputs)
-            scaled = self.optimizer.scale_loss(loss)
+        with torch.enable_grad(), _replay_rng(batch.rng), scope:
+            scaled, value = loss(leaves)
         grads = torch.autograd.grad(scaled, leaves, allow_unused=True)
-        return loss.detach(), list(grads)
+        return value.detach(), list(grads)
