@@ -6,14 +6,14 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND
-from helpers import (
+from support.helpers import (
     FEW_STEPS_EAGERLY,
     LR,
     compile_sgd,
     reference_mlp,
     toy_classification,
 )
-from reference import init_params
+from support.reference import init_params
 
 from keras_sam import SAMModel, SharpnessAwareMinimization
 

@@ -8,8 +8,8 @@ which covers every pair; the other sessions skip it.
 import numpy as np
 import pytest
 from conftest import BACKEND
-from cross_backend import CASES, trajectories
-from processes import HERE, run_python
+from support.cross_backend import CASES, trajectories
+from support.processes import SUPPORT, run_python
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def local():
 @pytest.mark.parametrize("other", ["jax", "torch"])
 def test_same_weights_on_every_backend(other, local, tmp_path):
     out = tmp_path / f"{other}.npz"
-    run_python([HERE / "cross_backend.py", out], backend=other, timeout=300)
+    run_python([SUPPORT / "cross_backend.py", out], backend=other, timeout=300)
     theirs = np.load(out)
     for name in CASES:
         np.testing.assert_allclose(

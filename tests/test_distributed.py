@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import BACKEND
-from distributed import (
+from support.distributed import (
     CASES,
     PER_REPLICA_CASES,
     SEQUENCE,
@@ -21,8 +21,9 @@ from distributed import (
     reference,
     sequence_ascent,
 )
-from processes import (
-    HERE,
+from support.processes import (
+    ROOT,
+    SUPPORT,
     TIMEOUT_SCALE,
     Results,
     environment,
@@ -38,7 +39,7 @@ def _run(script: str, tmp_path_factory, xla_flags: str = "") -> Results:
     reach its result (a crash, or the time limit on a slow machine)."""
     out = tmp_path_factory.mktemp("distributed") / "out.npz"
     timeout = 1200 * TIMEOUT_SCALE
-    return run_script(HERE / script, out, timeout, xla_flags=xla_flags)
+    return run_script(SUPPORT / script, out, timeout, xla_flags=xla_flags)
 
 
 # ---- TensorFlow: MirroredStrategy on 2 logical CPUs ------------------------
@@ -298,7 +299,7 @@ TORCH_PROCESS = """
 import sys
 import keras
 import torch
-from helpers import compile_sgd, toy_classification
+from support.helpers import compile_sgd, toy_classification
 
 from keras_sam import SAMModel
 
@@ -348,7 +349,7 @@ def test_torch_process_group_is_a_clear_error(tmp_path):
 def test_tpu_example_runs_without_a_tpu():
     stdout = run_python(
         [
-            HERE.parent / "examples" / "tpu_train.py",
+            ROOT / "examples" / "tpu_train.py",
             *("--steps", "3", "--batch-size", "32"),
             *("--dim", "16", "--depth", "1", "--heads", "2"),
         ],

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BACKEND
-from processes import TIMEOUT_SCALE
+from support.processes import TIMEOUT_SCALE
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium")

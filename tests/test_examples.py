@@ -10,7 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from processes import environment
+from support.processes import environment
 
 from examples import cifar10_vit, digits, hub_finetune, large_batch
 from examples.schedules import WarmupLinearDecay, linear_scaling

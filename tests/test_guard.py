@@ -6,7 +6,7 @@ step); errors keras-sam can see before a step come before it."""
 import keras
 import numpy as np
 import pytest
-from helpers import FEW_STEPS_EAGERLY, compile_sgd, toy_classification
+from support.helpers import FEW_STEPS_EAGERLY, compile_sgd, toy_classification
 
 from keras_sam import SAMModel
 

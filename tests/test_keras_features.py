@@ -5,7 +5,7 @@ models, embeddings, and the base optimizer's own options."""
 import keras
 import numpy as np
 import pytest
-from helpers import toy_classification
+from support.helpers import toy_classification
 
 from keras_sam import SAMModel
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from reference import lamb
+from support.reference import lamb
 
 from keras_sam.optimizers import LAMB
 

@@ -11,7 +11,7 @@ import re
 import keras
 import numpy as np
 import pytest
-from helpers import FEW_STEPS_EAGERLY
+from support.helpers import FEW_STEPS_EAGERLY
 
 from keras_sam import SAMModel
 

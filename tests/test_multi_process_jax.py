@@ -13,12 +13,12 @@ import os
 import numpy as np
 import pytest
 from conftest import BACKEND
-from distributed import STEPS, batches
-from helpers import LR
-from multi_process_jax import CASES, RUNS
-from processes import HERE, jax_cluster, run_ranks
-from reference import Config, Reference, init_params, step_per_replica
-from test_golden import CASES as GOLDEN
+from support.distributed import STEPS, batches
+from support.golden import CASES as GOLDEN
+from support.helpers import LR
+from support.multi_process_jax import CASES, RUNS
+from support.processes import ROOT, SUPPORT, TESTS, jax_cluster, run_ranks
+from support.reference import Config, Reference, init_params, step_per_replica
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,7 +35,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     """What each of the 2 ranks saved."""
     out = tmp_path_factory.mktemp("multi_process")
     run_ranks(
-        [HERE / "multi_process_jax.py", out],
+        [SUPPORT / "multi_process_jax.py", out],
         jax_cluster(2),
         backend="jax",
         xla_flags=TWO_DEVICES,
@@ -142,7 +142,7 @@ def test_every_step_counted_once(ranks, case, feed):
 # ---- examples/tpu_train.py --multi-host -------------------------------------
 
 EXAMPLE = [
-    HERE.parent / "examples" / "tpu_train.py",
+    ROOT / "examples" / "tpu_train.py",
     *("--steps", "3", "--batch-size", "32"),
     *("--dim", "16", "--depth", "1", "--heads", "2"),
 ]
@@ -163,7 +163,7 @@ def test_tpu_example_on_two_processes_equals_one(tmp_path):
     (tmp_path / "tensorflow.py").write_text(
         'raise ImportError("this run must not need TensorFlow")\n'
     )
-    no_tensorflow = os.pathsep.join([str(tmp_path), str(HERE)])
+    no_tensorflow = os.pathsep.join([str(tmp_path), str(TESTS)])
     (one,) = run_ranks(
         EXAMPLE,
         lambda rank: {"PYTHONPATH": no_tensorflow},

@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 from conftest import BACKEND
-from distributed import batches, reference
-from helpers import LR
-from processes import HERE, free_ports, run_ranks
-from reference import Reference, init_params, loss_and_grad
-from test_golden import CASES
+from support.distributed import batches, reference
+from support.golden import CASES
+from support.helpers import LR
+from support.processes import SUPPORT, free_ports, run_ranks
+from support.reference import Reference, init_params, loss_and_grad
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,7 +46,7 @@ def workers(tmp_path_factory) -> list:
     out = tmp_path_factory.mktemp("multi_worker")
     ports = free_ports(2)
     run_ranks(
-        [HERE / "multi_worker_tf.py", out],
+        [SUPPORT / "multi_worker_tf.py", out],
         lambda rank: {"TF_CONFIG": _tf_config(ports, rank)},
         backend="tensorflow",
     )

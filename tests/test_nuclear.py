@@ -3,11 +3,11 @@
 import keras
 import numpy as np
 import pytest
-import reference_attention as attention
 from conftest import BACKEND
-from helpers import LR, compile_sgd
 from keras import ops
-from reference import Config, Reference
+from support import reference_attention as attention
+from support.helpers import LR, compile_sgd
+from support.reference import Config, Reference
 
 from keras_sam import SAMModel
 from keras_sam.src.analysis import autodiff

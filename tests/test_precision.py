@@ -6,7 +6,7 @@ import contextlib
 import keras
 import numpy as np
 import pytest
-from helpers import FEW_STEPS_EAGERLY, toy_classification
+from support.helpers import FEW_STEPS_EAGERLY, toy_classification
 
 from keras_sam import PRESETS, SAMModel
 

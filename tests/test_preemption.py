@@ -16,20 +16,20 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND
-from helpers import FEW_STEPS_EAGERLY, compile_sgd, reference_mlp
-from preemption import BATCH, CASES, EPOCHS, data, reference
-from processes import (
-    HERE,
+from support.helpers import FEW_STEPS_EAGERLY, compile_sgd, reference_mlp
+from support.preemption import BATCH, CASES, EPOCHS, data, reference
+from support.processes import (
+    SUPPORT,
     environment,
     jax_cluster,
     run_python,
     run_ranks,
 )
-from reference import init_params
+from support.reference import init_params
 
 from keras_sam.src import checkpoints
 
-SCRIPT = HERE / "preemption.py"
+SCRIPT = SUPPORT / "preemption.py"
 STATE = {"looksam": "g_v", "fsam": "ema"}
 
 

@@ -6,7 +6,7 @@ import signal
 import time
 
 import pytest
-from processes import run_ranks, run_script
+from support.processes import run_ranks, run_script
 
 RANK = """
 import os, signal, sys, time
@@ -59,7 +59,7 @@ def test_a_preempted_rank_ends_its_peers_and_is_accepted_when_expected():
 
 SCRIPT = """
 import sys
-from processes import SavedResults
+from support.processes import SavedResults
 out = SavedResults(sys.argv[1])
 out["first"] = 1.0
 sys.exit("stopped after the first result")

@@ -9,22 +9,11 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND
-from helpers import toy_classification
-from processes import HERE, run_python
+from support.helpers import toy_classification
+from support.processes import SUPPORT, run_python
+from support.saving import halving_rho, kernels_only
 
 from keras_sam import PRESETS, ProportionalRho, SAMModel
-
-
-@keras.saving.register_keras_serializable(package="keras_sam_tests")
-def halving_rho(t):
-    """A registered `rho` callable."""
-    return 0.1 * 0.5 ** (t / 10.0)
-
-
-@keras.saving.register_keras_serializable(package="keras_sam_tests")
-def kernels_only(variable):
-    """A registered `perturb` callable."""
-    return "kernel" in variable.path
 
 
 def _model(seed=0):
@@ -225,7 +214,9 @@ def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path):
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
         expected[method] = _values(model.variables)
 
-    run_python([HERE / "resume.py", tmp_path, *RESUME_METHODS], backend=BACKEND)
+    run_python(
+        [SUPPORT / "resume.py", tmp_path, *RESUME_METHODS], backend=BACKEND
+    )
     for method in RESUME_METHODS:
         with np.load(tmp_path / f"{method}.npz") as resumed:
             got = [resumed[f"v{i}"] for i in range(len(resumed.files))]

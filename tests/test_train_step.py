@@ -7,14 +7,14 @@ import keras
 import numpy as np
 import pytest
 from conftest import BACKEND
-from helpers import (
+from keras import ops
+from support.helpers import (
     LR,
     assert_weights_close,
     compile_sgd,
     reference_mlp,
 )
-from keras import ops
-from reference import Config, Reference, init_params, make_batches
+from support.reference import Config, Reference, init_params, make_batches
 
 from keras_sam import SAMModel
 

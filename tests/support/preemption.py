@@ -28,13 +28,18 @@ import signal
 import sys
 from collections.abc import Callable
 
+if __name__ == "__main__":
+    # `python tests/support/SCRIPT.py`: tests/ on the path, so that the
+    # `support` package imports as it does under pytest.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
 import keras
 import numpy as np
-from helpers import LR, compile_sgd, reference_mlp
-from processes import SavedResults
-from reference import Config, Reference, init_params, make_batches
 
 from keras_sam import SAMModel
+from support.helpers import LR, compile_sgd, reference_mlp
+from support.processes import SavedResults
+from support.reference import Config, Reference, init_params, make_batches
 
 # name -> (SAMModel options, the same point spelled out for the reference).
 # LookSAM with k=2 ascends on even steps: an epoch of 3 batches ends with

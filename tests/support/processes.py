@@ -16,7 +16,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
+# tests/support (the scripts that tests run as subprocesses), tests/ (on
+# every subprocess's PYTHONPATH, `environment`: there `support` imports as
+# a package, as under pytest) and the repository.
+SUPPORT = pathlib.Path(__file__).resolve().parent
+TESTS = SUPPORT.parent
+ROOT = TESTS.parent
 
 # Time limits of subprocesses, in seconds, are this many times what a
 # loaded 2-core machine needs: `KERAS_SAM_TEST_TIMEOUT_SCALE=2` doubles them
@@ -27,14 +32,14 @@ RANKS_TIMEOUT = 300 * TIMEOUT_SCALE
 
 
 def environment(backend: str | None = None, xla_flags: str = "") -> dict:
-    """This process's environment with the tests importable, TensorFlow's
-    logs quiet, `KERAS_BACKEND=backend` if given and `xla_flags` appended to
-    `XLA_FLAGS`."""
+    """This process's environment with the `support` package importable,
+    TensorFlow's logs quiet, `KERAS_BACKEND=backend` if given and
+    `xla_flags` appended to `XLA_FLAGS`."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if backend is not None:
         env["KERAS_BACKEND"] = backend
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     return env
 
 

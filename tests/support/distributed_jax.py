@@ -16,22 +16,28 @@ flat weights, and the error that `ascent="per_replica"` raises under
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
+
+if __name__ == "__main__":
+    # `python tests/support/SCRIPT.py`: tests/ on the path, so that the
+    # `support` package imports as it does under pytest.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 os.environ["KERAS_BACKEND"] = "jax"
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from distributed import (  # noqa: E402
+
+from keras_sam import SAMModel  # noqa: E402
+from support.distributed import (  # noqa: E402
     CASES,
     PER_REPLICA_CASES,
     SEQUENCE,
     train,
 )
-from helpers import compile_sgd  # noqa: E402
-from processes import SavedResults  # noqa: E402
-
-from keras_sam import SAMModel  # noqa: E402
+from support.helpers import compile_sgd  # noqa: E402
+from support.processes import SavedResults  # noqa: E402
 
 MODEL_PARALLEL_CASES = ("sam", "nusam")
 

@@ -7,7 +7,13 @@ backends and compares with its own.
 
 from __future__ import annotations
 
+import pathlib
 import sys
+
+if __name__ == "__main__":
+    # `python tests/support/SCRIPT.py`: tests/ on the path, so that the
+    # `support` package imports as it does under pytest.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -22,10 +28,9 @@ STEPS = 6
 
 def trajectories() -> dict[str, np.ndarray]:
     """For each case, the flat weights after every step."""
-    from helpers import compile_sgd, reference_mlp
-    from reference import init_params, make_batches
-
     from keras_sam import SAMModel
+    from support.helpers import compile_sgd, reference_mlp
+    from support.reference import init_params, make_batches
 
     x, y = make_batches(n_batches=STEPS)
     out = {}

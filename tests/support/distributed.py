@@ -5,9 +5,14 @@ on the reference MLP, through `fit`."""
 from __future__ import annotations
 
 import numpy as np
-from helpers import compile_sgd, reference_mlp
-from reference import Reference, init_params, make_batches, step_per_replica
-from test_golden import CASES as GOLDEN
+from support.golden import CASES as GOLDEN
+from support.helpers import compile_sgd, reference_mlp
+from support.reference import (
+    Reference,
+    init_params,
+    make_batches,
+    step_per_replica,
+)
 
 from keras_sam import PRESETS, SAMModel
 
@@ -69,7 +74,7 @@ def train(name: str, return_model: bool = False, jit_compile="auto", **options):
 def reference(name: str, replicas: int | None = None) -> np.ndarray:
     """The NumPy reference's flat weights after the same steps: `ascent`
     global (`replicas=None`) or per replica."""
-    from helpers import LR
+    from support.helpers import LR
 
     ref = Reference(CASES[name][1], init_params(), LR)
     x, y = batches()

@@ -14,7 +14,13 @@ included).
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
+
+if __name__ == "__main__":
+    # `python tests/support/SCRIPT.py`: tests/ on the path, so that the
+    # `support` package imports as it does under pytest.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -28,18 +34,18 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from distributed import (  # noqa: E402
+
+from keras_sam import SAMModel  # noqa: E402
+from support.distributed import (  # noqa: E402
     CASES,
     SEQUENCE,
     SPLIT_CASES,
     sequence_ascent,
     train,
 )
-from helpers import reference_mlp, toy_classification  # noqa: E402
-from processes import SavedResults  # noqa: E402
-from reference import init_params  # noqa: E402
-
-from keras_sam import SAMModel  # noqa: E402
+from support.helpers import reference_mlp, toy_classification  # noqa: E402
+from support.processes import SavedResults  # noqa: E402
+from support.reference import init_params  # noqa: E402
 
 
 def spread(strategy, model) -> float:

@@ -24,14 +24,19 @@ from __future__ import annotations
 import pathlib
 import sys
 
+if __name__ == "__main__":
+    # `python tests/support/SCRIPT.py`: tests/ on the path, so that the
+    # `support` package imports as it does under pytest.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
 import keras
 import numpy as np
-from distributed import BATCH, STEPS, batches
-from helpers import compile_sgd, reference_mlp
-from reference import init_params
-from test_golden import CASES as GOLDEN
 
 from keras_sam import SAMModel
+from support.distributed import BATCH, STEPS, batches
+from support.golden import CASES as GOLDEN
+from support.helpers import compile_sgd, reference_mlp
+from support.reference import init_params
 
 # case -> (golden case or "plain", SAMModel options, distribution)
 CASES = {
@@ -97,7 +102,7 @@ def distribution(kind: str, auto_shard_dataset: bool):
     (2, 2) "batch" x "model" mesh with the MLP's kernels split over "model"
     (each process one row of the mesh: the batch axis across processes)."""
     # Imported here: it sets KERAS_BACKEND, and the test imports this module.
-    from distributed_jax import MLP_LAYOUTS, model_parallel
+    from support.distributed_jax import MLP_LAYOUTS, model_parallel
 
     devices = keras.distribution.list_devices()
     if kind == "data_parallel":

@@ -4,9 +4,19 @@ more epoch, write its variables."""
 import pathlib
 import sys
 
+if __name__ == "__main__":
+    # `python tests/support/SCRIPT.py`: tests/ on the path, so that the
+    # `support` package imports as it does under pytest.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+# The suite's settings (conftest.py), as in the test's process: its one
+# intra-op thread makes the resumed steps' numbers bit for bit the same.
+import conftest  # noqa: F401
 import keras
 import numpy as np
-import test_saving  # noqa: F401 (registers the test callables)
+
+import keras_sam  # noqa: F401 (registers SAMModel, for load_model)
+import support.saving  # noqa: F401 (registers the test callables)
 
 directory = pathlib.Path(sys.argv[1])
 with np.load(directory / "data.npz") as data:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from reference import NAMES
+from support.reference import NAMES
 
 LR = 0.1
 # TensorFlow traces a SAM step per model (about a second on this machine),

@@ -18,6 +18,11 @@ import os
 import pathlib
 import sys
 
+if __name__ == "__main__":
+    # `python tests/support/SCRIPT.py`: tests/ on the path, so that the
+    # `support` package imports as it does under pytest.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -28,11 +33,11 @@ STRATEGY = tf.distribute.MultiWorkerMirroredStrategy()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from distributed import BATCH, CASES, batches  # noqa: E402
-from helpers import compile_sgd, reference_mlp  # noqa: E402
-from reference import init_params  # noqa: E402
 
 from keras_sam import SAMModel  # noqa: E402
+from support.distributed import BATCH, CASES, batches  # noqa: E402
+from support.helpers import compile_sgd, reference_mlp  # noqa: E402
+from support.reference import init_params  # noqa: E402
 
 # Runs under the strategy: (preset of `CASES`, SAMModel options).
 RUNS = {
