@@ -5,6 +5,8 @@ on the reference MLP, through `fit`."""
 from __future__ import annotations
 
 import numpy as np
+
+from keras_sam import PRESETS, SAMModel
 from support.golden import CASES as GOLDEN
 from support.helpers import compile_sgd, reference_mlp
 from support.reference import (
@@ -13,8 +15,6 @@ from support.reference import (
     make_batches,
     step_per_replica,
 )
-
-from keras_sam import PRESETS, SAMModel
 
 CASES = {
     name: GOLDEN[name] for name in (*PRESETS, "look_fsam_delayed", "aelooksam")

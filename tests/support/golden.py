@@ -5,9 +5,9 @@ reference; the distributed tests take their options from here."""
 
 import keras
 import numpy as np
-from support.reference import NORM_NAMES, Config
 
 from keras_sam import ProportionalRho
+from support.reference import NORM_NAMES, Config
 
 NO_NORM = ("w1", "b1", "w2", "b2")
 # AE-SAM's policy, quicker than the paper's (delta 0.9, c 0): a mixture of

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+
 from support.reference import NAMES
 
 LR = 0.1
