@@ -21,6 +21,7 @@ PLAN = StepPlan(
     geometry=l2,
     matrices=(),
     ascends_every_step=False,
+    looks_ahead=False,
     clean_indices=(0, 1, 2),
     keeps_gradient=True,
     pairs_in_pass_one=False,
@@ -49,7 +50,7 @@ def _branch(gradients):
 
 def _context(options, loss_scale=None, replicas=ONE_REPLICA):
     return step.Context(
-        PLAN, options, _t(VALUES), loss_scale, replicas, options.rho
+        PLAN, options, _t(VALUES), loss_scale, replicas, 0, options.rho
     )
 
 

@@ -206,3 +206,62 @@ def test_wsam_with_adam_and_a_schedule_matches_reference(decoupled):
         other.step(x[step], y[step])
         assert_weights_close(model, ref.params(), msg=f"step {step}:")
     assert np.max(np.abs(ref.theta - other.theta)) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "method, late_phase, config",
+    [
+        ("sam", 0.25, Config(rho=0.1)),
+        ("looksam", 0.5, Config(reuse="look", reuse_scale="stored", rho=0.1)),
+        ("msam", 1.0, Config(direction="momentum", rho=0.1)),
+    ],
+)
+def test_late_phase_starts_sam_at_its_fraction_of_fit(
+    method, late_phase, config
+):
+    """`late_phase=f`: the last fraction `f` of the first fit's steps (2
+    epochs of 8) are SAM steps, the reference's `start_step = (1 - f) 16`;
+    a second fit keeps that start (its steps are all SAM steps)."""
+    params = init_params()
+    x, y = make_batches()
+    x = x.astype("float32")
+    model = reference_mlp(params)
+    sam = SAMModel(model, method=method, rho=0.1, late_phase=late_phase)
+    compile_sgd(sam)
+    config.start_step = round((1 - late_phase) * 2 * len(x))
+    ref = Reference(config, params, LR)
+    flat_x, flat_y = x.reshape(-1, x.shape[-1]), y.reshape(-1)
+    for epochs in (2, 1):
+        sam.fit(
+            flat_x,
+            flat_y,
+            batch_size=x.shape[1],
+            epochs=epochs,
+            shuffle=False,
+            verbose=0,
+        )
+        for _ in range(epochs):
+            for step in range(len(x)):
+                ref.step(x[step], y[step])
+        assert_weights_close(model, ref.params(), msg=f"after {epochs}:")
+    assert int(keras.ops.convert_to_numpy(sam._start.value)) == (
+        config.start_step
+    )
+
+
+def test_late_phase_needs_the_length_of_fit():
+    """Without the steps per epoch (a generator) fit cannot place the late
+    phase, and train_on_batch before any fit cannot either: clear errors."""
+    x, y = make_batches()
+    sam = SAMModel(reference_mlp(init_params()), method="sam", late_phase=0.5)
+    compile_sgd(sam)
+
+    def batches():
+        yield from zip(x.astype("float32"), y)
+
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        sam.fit(batches(), shuffle=False, verbose=0)
+    with pytest.raises(ValueError, match="has\n?.*not been fit"):
+        sam.train_on_batch(x[0].astype("float32"), y[0])
+    sam.fit(batches(), steps_per_epoch=len(x), shuffle=False, verbose=0)
+    assert int(keras.ops.convert_to_numpy(sam._start.value)) == len(x) // 2

@@ -173,7 +173,11 @@ def test_inner_is_the_wrapped_model():
         ({"eta": 0.1}, ValueError, ["eta", "adaptive", "fisher"]),
         ({"adaptive": "layerwise"}, ValueError, ["adaptive", "asam"]),
         ({"normalize_bias": True}, ValueError, ["normalize_bias", "asam"]),
-        ({"ema_decay": 0.5}, ValueError, ["ema_decay", "friendly=True"]),
+        (
+            {"ema_decay": 0.5},
+            ValueError,
+            ["ema_decay", "friendly=True", "direction='momentum'"],
+        ),
         ({"sigma": 0.5}, ValueError, ["sigma", "friendly=True"]),
         (
             {"method": "fsam", "friendly": False, "sigma": 0.5},
@@ -184,6 +188,61 @@ def test_inner_is_the_wrapped_model():
             {"power_iterations": 2},
             ValueError,
             ["power_iterations", "nuclear geometries", "nusam"],
+        ),
+        # MSAM's one pass has no clean gradient beside the look-ahead's.
+        (
+            {"direction": "ahead"},
+            ValueError,
+            ["direction", "'ahead'", "'gradient'", "'momentum'"],
+        ),
+        (
+            {"method": "msam", "reuse": "look"},
+            ValueError,
+            ["direction='momentum'", "reuse=None", "reuse='look'"],
+        ),
+        (
+            {"method": "msam", "descent": "gsam"},
+            ValueError,
+            ["direction='momentum'", "descent='sam'", "descent='gsam'"],
+        ),
+        (
+            {"method": "msam", "policy": "adaptive"},
+            ValueError,
+            ["direction='momentum'", "policy='periodic'"],
+        ),
+        (
+            {"method": "msam", "friendly": True},
+            ValueError,
+            ["direction='momentum'", "friendly=False"],
+        ),
+        (
+            {"method": "msam", "batch_splits": 2},
+            ValueError,
+            ["direction='momentum'", "batch_splits=1", "batch_splits=2"],
+        ),
+        (
+            {"method": "msam", "ascent": "per_replica"},
+            ValueError,
+            ["direction='momentum'", "ascent='global'"],
+        ),
+        (
+            {"method": "nusam", "direction": "momentum"},
+            ValueError,
+            ["direction='momentum'", "'nuclear' geometry", "l2, adaptive"],
+        ),
+        (
+            {
+                "method": "layersam",
+                "direction": "momentum",
+                "layer_scale": "eq7",
+            },
+            ValueError,
+            ["direction='momentum'", "layer_scale='eq7'"],
+        ),
+        (
+            {"method": "msam", "ema_decay": 1.0},
+            ValueError,
+            ["ema_decay", "1.0"],
         ),
         # Applicability is checked before the value.
         ({"eta": "x"}, ValueError, ["eta", "applies only", "eta='x'"]),
@@ -385,26 +444,26 @@ def test_invalid_new_options(kwargs, error, fragments):
 
 def test_docstring_preset_table_is_presets():
     rows = re.findall(
-        r"^    \| `\"(\w+)\"` \| (\w+) \| (yes|no) \| (\w+) \| (\w+) "
+        r"^    \| `\"(\w+)\"` \| (\w+) \| (\w+) \| (\w+) \| (\w+) "
         r"\| ([\w ]+) \| ([\d.]+) \|$",
         SAMModel.__doc__,
         re.MULTILINE,
     )
     table = {
-        name: (geometry, friendly == "yes", reuse, descent, perturb, float(rho))
-        for name, geometry, friendly, reuse, descent, perturb, rho in rows
+        name: (geometry, direction, reuse, descent, perturb, float(rho))
+        for name, geometry, direction, reuse, descent, perturb, rho in rows
     }
     expected = {}
     for name, preset in PRESETS.items():
         matrices = preset.geometry in ("nuclear", "nuclear_norm")
         expected[name] = (
             preset.geometry,
-            preset.values.get("friendly", False),
+            "friendly"
+            if preset.values.get("friendly")
+            else preset.values.get("direction", "gradient"),
             preset.values.get("reuse") or "none",
             preset.values.get("descent", "sam"),
-            "weight matrices"
-            if matrices
-            else preset.values.get("perturb", "all"),
+            "matrices" if matrices else preset.values.get("perturb", "all"),
             preset.values["rho"],
         )
     assert table == expected
@@ -425,7 +484,15 @@ def test_hyperparameters_page_lists_each_presets_defaults():
         others = ", ".join(
             f"`{key}={value!r}`"
             for key, value in preset.values.items()
-            if key not in ("rho", "perturb", "friendly", "reuse", "descent")
+            if key
+            not in (
+                "rho",
+                "perturb",
+                "friendly",
+                "reuse",
+                "descent",
+                "direction",
+            )
         )
         expected[name] = (preset.values["rho"], others or "-")
     assert table == expected
@@ -504,8 +571,54 @@ def test_each_preset_uses_its_radius_unless_rho_is_given():
         (
             {"method": "samk", "policy": "adaptive"},
             ValueError,
-            ["reuse='every_k'", "policy='adaptive'", "AE-LookSAM"],
+            ["reuse='every_k'", "policy='adaptive'", "reuse='look'"],
         ),
+        (
+            {"method": "samk", "policy": "random"},
+            ValueError,
+            ["reuse='every_k'", "policy='random'", "RST"],
+        ),
+        # Late-phase SAM: a fraction of fit's steps, or start_step.
+        ({"late_phase": 0.0}, ValueError, ["late_phase", "0.0", "(0, 1]"]),
+        ({"late_phase": 1.5}, ValueError, ["late_phase", "1.5", "(0, 1]"]),
+        ({"late_phase": "x"}, TypeError, ["late_phase", "'x'", "(0, 1]"]),
+        (
+            {"late_phase": 0.2, "start_step": 5},
+            ValueError,
+            ["late_phase", "start_step", "not both", "start_step=5"],
+        ),
+        # RST's probability and seed.
+        (
+            {"policy": "random", "ascent_probability": 1.5},
+            ValueError,
+            ["ascent_probability", "1.5", "[0, 1]"],
+        ),
+        (
+            {"policy": "random", "ascent_probability": -0.1},
+            ValueError,
+            ["ascent_probability", "-0.1", "[0, 1]"],
+        ),
+        (
+            {"policy": "random", "ascent_probability": "half"},
+            TypeError,
+            ["ascent_probability", "'half'", "LearningRateSchedule"],
+        ),
+        (
+            {"policy": "random", "ascent_probability": lambda t, u: 0.5},
+            TypeError,
+            ["ascent_probability", "one argument"],
+        ),
+        (
+            {"policy": "random", "policy_seed": -1},
+            ValueError,
+            ["policy_seed", "-1", "int >= 0"],
+        ),
+        (
+            {"ascent_probability": 0.5},
+            ValueError,
+            ["ascent_probability", "policy='random'"],
+        ),
+        ({"policy_seed": 1}, ValueError, ["policy_seed", "policy='random'"]),
         (
             {"method": "looksam", "policy": "adaptive", "k": 3},
             ValueError,

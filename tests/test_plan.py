@@ -113,6 +113,7 @@ def _state_variables():
         [],
         [],
         [],
+        [],
     )
     return layer, StateVariables(state)
 
@@ -121,7 +122,7 @@ def test_state_variables_read_and_assign_as_a_structure():
     _, state = _state_variables()
     values = state.read()
     np.testing.assert_array_equal(ops.convert_to_numpy(values.ema[0]), [1, 2])
-    state.assign(SAMState(3.0, [ops.ones((2,))], [], [], []))
+    state.assign(SAMState(3.0, [ops.ones((2,))], [], [], [], []))
     values = state.read()
     assert float(ops.convert_to_numpy(values.iterations)) == 3.0
     assert len(state.flat()) == 2
@@ -136,7 +137,7 @@ def test_state_variables_find_their_values_in_a_stateless_list():
     found = state.from_values(variables, values)
     assert found.ema == ["value of ema"]
     replaced = state.into_values(
-        variables, values, SAMState("it", ["new ema"], [], [], [])
+        variables, values, SAMState("it", ["new ema"], [], [], [], [])
     )
     assert replaced[-2:] == ["it", "new ema"]
     assert replaced[:-2] == values[:-2]

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from keras import ops
+from support.reference import rst_draw
 
 from keras_sam.src.methods import schedule
 
@@ -122,3 +123,23 @@ def test_proportional_rho_follows_the_learning_rate():
 def test_proportional_rho_checks_its_bounds(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         schedule.ProportionalRho(lambda step: 1e-3, **kwargs)
+
+
+def test_rst_draws_are_the_specified_hash_and_uniform():
+    """RST's draws: the hash docs/semantics.md specifies (the reference's),
+    past the first base-P digit too; over 20000 steps about a fraction p
+    ascend, each seed its own sequence."""
+    steps = [0, 1, 2, 7, 32716, 32717, 40000, 10**6, 2**31 - 1]
+    for seed in (0, 3):
+        draws = [float(schedule.uniform_draw(t, seed)) for t in steps]
+        np.testing.assert_allclose(
+            draws, [rst_draw(t, seed) for t in steps], rtol=1e-6
+        )
+    t = ops.arange(20000)
+    draws = ops.convert_to_numpy(schedule.uniform_draw(t, 0))
+    assert abs(np.mean(draws < 0.3) - 0.3) < 0.01
+    assert abs(np.corrcoef(draws[:-1], draws[1:])[0, 1]) < 0.03
+    other = ops.convert_to_numpy(schedule.uniform_draw(t, 1))
+    assert np.mean(draws == other) < 0.01
+    ascends = schedule.random_ascends(ops.convert_to_tensor(5), 0.5, 0)
+    assert bool(ascends) == (rst_draw(5, 0) < 0.5)

@@ -25,6 +25,7 @@ PLAN = StepPlan(
     geometry=l2,
     matrices=(),
     ascends_every_step=False,
+    looks_ahead=False,
     clean_indices=(0, 1, 2, 3),
     keeps_gradient=False,
     pairs_in_pass_one=False,
@@ -48,9 +49,9 @@ def _flat(arrays):
     return np.concatenate([np.ravel(a) for a in arrays])
 
 
-def _context(options, loss_scale=None, replicas=ONE_REPLICA):
+def _context(options, loss_scale=None, replicas=ONE_REPLICA, t=0):
     return step.Context(
-        PLAN, options, _t(VALUES), loss_scale, replicas, options.rho
+        PLAN, options, _t(VALUES), loss_scale, replicas, t, options.rho
     )
 
 
@@ -112,11 +113,11 @@ def test_gather_micro_batches():
     assert clean.total is None  # GSAM decomposes each micro-batch's own
 
 
-def test_friendly_ema_and_direction():
+def test_gradient_ema_and_direction():
     options = resolve_options("fsam", ema_decay=0.5, sigma=0.8)
     clean = _gather(options)
     old = _t([np.ones(2), np.ones(3)])
-    ema = step.friendly_ema(options, old, clean, ops.convert_to_tensor(True))
+    ema = step.gradient_ema(options, old, clean, ops.convert_to_tensor(True))
     expected = [0.5 * np.ones(2) + 0.5 * GRADS[0], 0.5 * np.ones(3)]
     np.testing.assert_allclose(_flat(_np(ema)), _flat(expected))
     d = step.direction(options, clean.ascents[0], ema)
@@ -124,9 +125,32 @@ def test_friendly_ema_and_direction():
         _flat(_np(d)), _flat([GRADS[0], np.zeros(3)]) - 0.8 * _flat(expected)
     )
     # Before start_step the EMA stays; without friendly there is none.
-    kept = step.friendly_ema(options, old, clean, ops.convert_to_tensor(False))
+    kept = step.gradient_ema(options, old, clean, ops.convert_to_tensor(False))
     np.testing.assert_array_equal(_flat(_np(kept)), np.ones(5))
-    assert step.friendly_ema(resolve_options("sam"), [], clean, True) == []
+    assert step.gradient_ema(resolve_options("sam"), [], clean, True) == []
+
+
+def test_lookahead_is_msams_point_along_minus_the_momentum():
+    """MSAM's pass 1 runs at `w - rho m / ||m||` over the perturbed
+    variables: at `w` while `m` is zero (the first step) and before the
+    first SAM step (`t < 0`); no look-ahead for the other methods."""
+    options = resolve_options("msam", rho=0.5)
+    plan = dataclasses.replace(PLAN, looks_ahead=True)
+    m = [np.array([3.0, 4.0]), np.zeros(3)]
+
+    def at(t, ema):
+        ctx = _context(options, t=ops.convert_to_tensor(t))._replace(plan=plan)
+        state = SAMState(0, _t(ema), [], [], [], [])
+        return _flat(_np(step.lookahead(ctx, state).values(_t(VALUES))))
+
+    expected = _flat(VALUES).copy()
+    expected[:2] -= 0.5 * np.array([0.6, 0.8])
+    np.testing.assert_allclose(at(0, m), expected, rtol=1e-6)
+    np.testing.assert_array_equal(at(-1, m), _flat(VALUES))  # before start
+    zero = [np.zeros(2), np.zeros(3)]
+    np.testing.assert_array_equal(at(0, zero), _flat(VALUES))
+    state = SAMState(0, [], [], [], [], [])
+    assert step.lookahead(_context(resolve_options("sam")), state) is None
 
 
 def test_perturb_is_the_geometry_on_the_perturbed_variables():
@@ -161,14 +185,14 @@ def test_after_ascent_stores_lookSAM_g_v():
 
 def test_reuse_is_the_clean_gradient_or_lookSAM_reuse():
     sam_k = resolve_options("samk")
-    state = SAMState(0, [], [], [], [])
+    state = SAMState(0, [], [], [], [], [])
     branch = step.reuse(_context(sam_k), _gather(sam_k), state, True)
     np.testing.assert_array_equal(
         _flat(_np(branch.gradients)), _flat(GRADS[:3])
     )
     look = resolve_options("looksam", reuse_scale="stored", alpha=0.5)
     g_v = [np.ones(2), np.zeros(3), np.ones((2, 2))]
-    state = SAMState(0, [], _t(g_v), [], [])
+    state = SAMState(0, [], _t(g_v), [], [], [])
     scaled = [2.0 * g for g in GRADS]  # pass 1 under a loss scale of 2
     branch = step.reuse(
         _context(look, loss_scale=2.0), _gather(look, scaled, 2.0), state, True
@@ -179,8 +203,8 @@ def test_reuse_is_the_clean_gradient_or_lookSAM_reuse():
 
 
 def test_commit_keeps_the_old_state_unless_ok():
-    old = SAMState(ops.convert_to_tensor(3), _t([np.zeros(2)]), [], [], [])
-    new = SAMState(ops.convert_to_tensor(4), _t([np.ones(2)]), [], [], [])
+    old = SAMState(ops.convert_to_tensor(3), _t([np.zeros(2)]), [], [], [], [])
+    new = SAMState(ops.convert_to_tensor(4), _t([np.ones(2)]), [], [], [], [])
     kept = step.commit(old, new, ops.convert_to_tensor(False))
     assert int(ops.convert_to_numpy(kept.iterations)) == 3
     moved = step.commit(old, new, ops.convert_to_tensor(True))

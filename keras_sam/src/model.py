@@ -12,6 +12,7 @@ from keras import ops
 
 from keras_sam.src import checkpoints, guard
 from keras_sam.src.backend import BackendSAMTrainer, check_supported
+from keras_sam.src.late_phase import NOT_SET, LatePhase, check_set
 from keras_sam.src.methods import masks, nuclear
 from keras_sam.src.options import (
     OPTION_NAMES,
@@ -52,28 +53,32 @@ class SAMModel(BackendSAMTrainer, keras.Model):
 
     The logs report the loss and metrics of the unperturbed weights, plus
     `sharpness = L(w + eps) - L(w)` averaged over the steps of the epoch that
-    took an ascent.
+    took an ascent. `msam` is the exception: its one pass per step runs at
+    the look-ahead `w + eps`, whose loss and metrics it logs, and it never
+    measures `sharpness` (0); the weights between steps, which `evaluate`,
+    callbacks and `save` see, are always `w`.
 
     Every SAM variant is a point of five axes (mask, direction, geometry,
     schedule, descent rule); `method` names a preset and the options
     override it:
 
-    | method | geometry | friendly | reuse | descent | perturb | rho |
+    | method | geometry | direction | reuse | descent | perturb | rho |
     | --- | --- | --- | --- | --- | --- | --- |
-    | `"sam"` | l2 | no | none | sam | all | 0.05 |
-    | `"samon"` | l2 | no | none | sam | norm | 1.0 |
-    | `"asam"` | adaptive | no | none | sam | all | 0.2 |
-    | `"fisher"` | fisher | no | none | sam | all | 0.1 |
-    | `"fsam"` | l2 | yes | none | sam | all | 0.05 |
-    | `"fasam"` | adaptive | yes | none | sam | all | 0.2 |
-    | `"layersam"` | layer | no | none | sam | all | 0.2 |
-    | `"looksam"` | l2 | no | look | sam | all | 0.05 |
-    | `"looklayersam"` | layer | no | look | sam | all | 0.1 |
-    | `"samk"` | l2 | no | every_k | sam | all | 0.2 |
-    | `"nusam"` | nuclear | no | none | sam | weight matrices | 0.1 |
-    | `"nusam_norm"` | nuclear_norm | no | none | sam | weight matrices | 0.2 |
-    | `"gsam"` | l2 | no | none | gsam | all | 0.05 |
-    | `"wsam"` | l2 | no | none | wsam | all | 0.05 |
+    | `"sam"` | l2 | gradient | none | sam | all | 0.05 |
+    | `"samon"` | l2 | gradient | none | sam | norm | 1.0 |
+    | `"asam"` | adaptive | gradient | none | sam | all | 0.2 |
+    | `"fisher"` | fisher | gradient | none | sam | all | 0.1 |
+    | `"fsam"` | l2 | friendly | none | sam | all | 0.05 |
+    | `"fasam"` | adaptive | friendly | none | sam | all | 0.2 |
+    | `"layersam"` | layer | gradient | none | sam | all | 0.2 |
+    | `"looksam"` | l2 | gradient | look | sam | all | 0.05 |
+    | `"looklayersam"` | layer | gradient | look | sam | all | 0.1 |
+    | `"samk"` | l2 | gradient | every_k | sam | all | 0.2 |
+    | `"nusam"` | nuclear | gradient | none | sam | matrices | 0.1 |
+    | `"nusam_norm"` | nuclear_norm | gradient | none | sam | matrices | 0.2 |
+    | `"gsam"` | l2 | gradient | none | gsam | all | 0.05 |
+    | `"wsam"` | l2 | gradient | none | wsam | all | 0.05 |
+    | `"msam"` | l2 | momentum | none | sam | all | 0.3 |
 
     `samk` ascends on every `k=2`-th step; `looksam` and `looklayersam` on
     every `k=5`-th, reusing `g_v` with `alpha=0.7` between (`looklayersam`
@@ -81,7 +86,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
 
     AE-SAM's adaptive schedule is an option of any method:
     `policy="adaptive"` (AE-SAM with `reuse=None`, AE-LookSAM with
-    `method="looksam"`).
+    `method="looksam"`); so is RST's randomized one, `policy="random"`.
 
     The nuclear geometries perturb only weight matrices (the kernels of
     `Dense` and `EinsumDense` layers, attention projections included) with
@@ -100,6 +105,12 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             callable `variable -> bool`. Defaults to the preset's mask.
         start_step: steps before this one are plain base-optimizer steps.
             Defaults to `0`.
+        late_phase: late-phase SAM: a float in (0, 1], the last fraction
+            of the first `fit`'s steps (its epochs times the steps per
+            epoch) that take SAM steps; the steps before are plain, and the
+            first SAM step, set when that `fit` begins, is kept by a
+            resumed run and by later `fit` calls. Excludes `start_step`.
+            Defaults to `None` (`start_step` decides).
         adaptive: ASAM scaling, `"elementwise"` (`T = |w| + eta`) or
             `"layerwise"` (`T_i = ||w_i|| + eta`); adaptive geometry only.
             Defaults to `"elementwise"`.
@@ -118,7 +129,15 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             `"global"` (measured in docs/methods/layersam.md).
         friendly: F-SAM: ascend along `g - sigma * m`, `m` an EMA of the
             clean gradients. Defaults to the preset's value.
-        ema_decay: F-SAM's `lambda`, in [0, 1). Defaults to `0.9`.
+        direction: what the ascent follows: `"gradient"` (this step's clean
+            gradient, from pass 1) or `"momentum"` (MSAM: the step's one
+            pass runs at the look-ahead `w - rho m / ||m||`, `m` an EMA of
+            the gradients, and its gradient is the update; l2, adaptive and
+            layer geometries, without `friendly`, `reuse`, an adaptive
+            `policy`, a descent rule or micro-batches). Defaults to the
+            preset's value.
+        ema_decay: the decay of the EMA `m` of the gradients, in [0, 1):
+            F-SAM's `lambda`, MSAM's momentum `mu`. Defaults to `0.9`.
         sigma: F-SAM's `sigma`, >= 0. Defaults to `1.0`.
         reuse: `"look"` (LookSAM: reuse the orthogonal component `g_v` of the
             SAM gradient between ascents) or `"every_k"` (SAM-k: plain steps
@@ -135,10 +154,12 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             which collapses small-batch training; docs/methods/looksam.md).
             Defaults to `"stored"` (`"relative"` for `looklayersam`).
         policy: when to ascend: `"periodic"` (every step, or every `k`-th
-            with `reuse`) or `"adaptive"` (AE-SAM: on the steps whose squared
+            with `reuse`), `"adaptive"` (AE-SAM: on the steps whose squared
             clean-gradient norm `||g||^2` is at least `mu + c_t * sigma`, its
-            running mean plus `c_t` running standard deviations; the other
-            steps are plain, or LookSAM's reuse with `reuse="look"`).
+            running mean plus `c_t` running standard deviations) or
+            `"random"` (RST: each step with probability
+            `ascent_probability`, drawn reproducibly from `policy_seed`); the
+            other steps are plain, or LookSAM's reuse with `reuse="look"`.
             Defaults to `"periodic"`.
         policy_decay: AE-SAM's `delta`, the decay of the running mean and
             variance of `||g||^2`, in [0, 1). Defaults to `0.9`.
@@ -147,6 +168,14 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             paper's linear schedule from 1 to -1 over `T` steps is
             `keras.optimizers.schedules.PolynomialDecay(1.0, T, -1.0)`).
             Defaults to `0.0`.
+        ascent_probability: RST's `p_t`, the probability that step `t`
+            ascends: a float in [0, 1], a `LearningRateSchedule` or a
+            callable of the SAM step `t` (a step where it gives a value
+            outside [0, 1] is skipped). Defaults to `0.5`.
+        policy_seed: RST's seed, an int >= 0: step `t` ascends when
+            `u_t < p_t`, `u_t` a hash of the seed and `t` in integer
+            arithmetic, the same draws on every backend and after a resume.
+            Defaults to `0`.
         power_iterations: nuSAM's warm-started power iterations per ascent,
             an int >= 1 (nuclear geometries). Defaults to `1`.
         descent: the update of an ascent step from the clean gradient `g`
@@ -208,12 +237,14 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         *,
         perturb: str | Callable = UNSET,
         start_step: int = UNSET,
+        late_phase: float | None = UNSET,
         adaptive: str = UNSET,
         norm: str = UNSET,
         eta: float = UNSET,
         normalize_bias: bool = UNSET,
         layer_scale: str = UNSET,
         friendly: bool = UNSET,
+        direction: str = UNSET,
         ema_decay: float = UNSET,
         sigma: float = UNSET,
         reuse: str | None = UNSET,
@@ -223,6 +254,8 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         policy: str = UNSET,
         policy_decay: float = UNSET,
         policy_threshold: float | Callable = UNSET,
+        ascent_probability: float | Callable = UNSET,
+        policy_seed: int = UNSET,
         power_iterations: int = UNSET,
         descent: str = UNSET,
         gsam_alpha: float = UNSET,
@@ -254,6 +287,15 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             trainable=False,
             name="sam_iterations",
         )
+        self._start = None
+        if options.late_phase is not None:
+            self._start = self.add_weight(
+                shape=(),
+                dtype="int32",
+                initializer=keras.initializers.Constant(NOT_SET),
+                trainable=False,
+                name="sam_start",
+            )
         # Every state variable ever created, by name (kept across compiles).
         self._state_store: dict[str, keras.Variable] = {}
         self._plan: StepPlan | None = None
@@ -388,7 +430,14 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         keeper = guard.ValuesKept()
         if isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = callbacks.callbacks
-        callbacks = [*checkpoints.per_process(callbacks or [], self), keeper]
+        callbacks = [*checkpoints.per_process(callbacks or [], self)]
+        if self._start is not None:
+            callbacks.append(
+                LatePhase(
+                    self._options.late_phase, self._start, self._iterations
+                )
+            )
+        callbacks.append(keeper)
         try:
             return super().fit(
                 x, y, batch_size, epochs, verbose, callbacks, *args, **kwargs
@@ -396,6 +445,12 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         except BaseException:
             keeper.restore()
             raise
+
+    def train_on_batch(self, *args, **kwargs):
+        """As `keras.Model.train_on_batch`; with `late_phase`, once a `fit`
+        has set the first SAM step (the run's length is fit's)."""
+        check_set(self._options.late_phase, self._start)
+        return super().train_on_batch(*args, **kwargs)
 
     def compile_from_config(self, config: dict) -> None:
         # Keras skips this for models that override `compile()`; ours only
@@ -435,7 +490,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         return SAMState(
             iterations=self._iterations,
             ema=[variable("sam_ema", i) for i in perturbed]
-            if o.friendly
+            if o.friendly or o.direction == "momentum"
             else [],
             g_v=[variable("sam_g_v", i) for i in gradient]
             if o.reuse == "look"
@@ -447,6 +502,7 @@ class SAMModel(BackendSAMTrainer, keras.Model):
             norm_stats=[scalar("sam_norm_mean"), scalar("sam_norm_variance")]
             if o.policy == "adaptive"
             else [],
+            start=[] if self._start is None else [self._start],
         )
 
     def _check_plan(self) -> None:

@@ -1,14 +1,14 @@
 """SAMModel options: one specification of every option, and the presets.
 
 Every SAM variant is a point on independent axes: the mask (`perturb`), the
-direction source (`friendly`), the geometry (fixed by the method, refined by
-`adaptive`, `norm`, `eta`, `layer_scale`, ...), the schedule (`start_step`,
-`reuse`, `k`, `policy`, `rho`) and the descent rule (`descent`: what the
-update is once `g` and `g_s` exist). A preset names a point and the
-hyperparameters its paper recommends; options given explicitly override it.
-`OPTIONS` specifies each option once (its check, default and where it
-applies); `resolve_options` applies it, and the errors, `get_config` and the
-documentation tables follow from it.
+direction source (`friendly`, `direction`), the geometry (fixed by the
+method, refined by `adaptive`, `norm`, `eta`, `layer_scale`, ...), the
+schedule (`start_step`, `reuse`, `k`, `policy`, `rho`) and the descent rule
+(`descent`: what the update is once `g` and `g_s` exist). A preset names a
+point and the hyperparameters its paper recommends; options given explicitly
+override it. `OPTIONS` specifies each option once (its check, default and
+where it applies); `resolve_options` applies it, and the errors,
+`get_config` and the documentation tables follow from it.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class Point(NamedTuple):
     reuse: str | None
     policy: str = "periodic"
     descent: str = "sam"
+    direction: str = "gradient"
 
 
 # ---- Checks -----------------------------------------------------------------
@@ -124,6 +125,38 @@ def _check_threshold(name: str, value: Any) -> None:
         _check_one_argument(name, value, "the SAM step")
 
 
+def _check_probability(name: str, value: Any) -> None:
+    allowed = (
+        "a float in [0, 1], a keras.optimizers.schedules.LearningRateSchedule "
+        "or a callable of the SAM step"
+    )
+    if is_real(value):
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(
+                f"`{name}` must be {allowed}; " + _received(name, value)
+            )
+    elif not callable(value):
+        raise TypeError(
+            f"`{name}` must be {allowed}; " + _received(name, value)
+        )
+    else:
+        _check_one_argument(name, value, "the SAM step")
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    if value is None:
+        return
+    allowed = "None or a float in (0, 1]"
+    if not is_real(value):
+        raise TypeError(
+            f"`{name}` must be {allowed}; " + _received(name, value)
+        )
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ValueError(
+            f"`{name}` must be {allowed}; " + _received(name, value)
+        )
+
+
 def _choice(*allowed) -> Callable[[str, Any], None]:
     return lambda name, value: check_choice(name, value, allowed)
 
@@ -197,6 +230,14 @@ OPTIONS: tuple[Option, ...] = (
         "steps before this one are plain base-optimizer steps",
     ),
     Option(
+        "late_phase",
+        _check_fraction,
+        None,
+        "late-phase SAM: the last fraction (0, 1] of the first fit's steps "
+        "takes SAM steps, the ones before are plain; None: start_step",
+        converts=float,
+    ),
+    Option(
         "adaptive",
         _choice("elementwise", "layerwise"),
         "elementwise",
@@ -244,12 +285,21 @@ OPTIONS: tuple[Option, ...] = (
         "F-SAM: ascend along g - sigma * m, m an EMA of the gradients",
     ),
     Option(
+        "direction",
+        _choice("gradient", "momentum"),
+        "gradient",
+        "what the ascent follows: 'gradient' (this step's, from pass 1) or "
+        "'momentum' (MSAM: the look-ahead -m, m an EMA of the gradients, "
+        "where the step's one pass runs)",
+    ),
+    Option(
         "ema_decay",
         _real(0.0, 1.0),
         0.9,
-        "F-SAM's lambda",
-        lambda p: p.friendly,
-        "with friendly=True (F-SAM)",
+        "the decay of the EMA m of the gradients: F-SAM's lambda, MSAM's "
+        "momentum mu",
+        lambda p: p.friendly or p.direction == "momentum",
+        "with friendly=True (F-SAM) or direction='momentum' (MSAM)",
         converts=float,
     ),
     Option(
@@ -296,10 +346,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "policy",
-        _choice("periodic", "adaptive"),
+        _choice("periodic", "adaptive", "random"),
         "periodic",
-        "when to ascend: 'periodic' (every step, or every k-th with reuse) "
-        "or 'adaptive' (AE-SAM: when ||g||^2 >= mu + c * sigma)",
+        "when to ascend: 'periodic' (every step, or every k-th with reuse), "
+        "'adaptive' (AE-SAM: when ||g||^2 >= mu + c * sigma) or 'random' "
+        "(RST: with probability p_t)",
     ),
     Option(
         "policy_decay",
@@ -319,6 +370,25 @@ OPTIONS: tuple[Option, ...] = (
         lambda p: p.policy == "adaptive",
         "with policy='adaptive' (AE-SAM)",
         converts=float,
+    ),
+    Option(
+        "ascent_probability",
+        _check_probability,
+        0.5,
+        "RST's p_t: a float in [0, 1], a LearningRateSchedule or a callable "
+        "of the SAM step",
+        lambda p: p.policy == "random",
+        "with policy='random' (RST)",
+        converts=float,
+    ),
+    Option(
+        "policy_seed",
+        _int(0),
+        0,
+        "RST's seed: the draws are a hash of it and the SAM step, the same "
+        "on every backend",
+        lambda p: p.policy == "random",
+        "with policy='random' (RST)",
     ),
     Option(
         "power_iterations",
@@ -433,6 +503,11 @@ PRESETS: dict[str, Preset] = {
         {"rho": 0.05, "descent": "wsam", "decoupled": True},
         "Yue et al., KDD 2023",
     ),
+    "msam": Preset(
+        "l2",
+        {"rho": 0.3, "direction": "momentum"},
+        "Becker et al., 2024",
+    ),
 }
 
 
@@ -451,12 +526,14 @@ class SAMOptions:
     rho: float | Callable
     perturb: str | Callable
     start_step: int
+    late_phase: float | None
     adaptive: str | None
     norm: str
     eta: float | None
     normalize_bias: bool | None
     layer_scale: str | None
     friendly: bool
+    direction: str
     ema_decay: float | None
     sigma: float | None
     reuse: str | None
@@ -466,6 +543,8 @@ class SAMOptions:
     policy: str
     policy_decay: float | None
     policy_threshold: float | Callable | None
+    ascent_probability: float | Callable | None
+    policy_seed: int | None
     power_iterations: int | None
     descent: str
     gsam_alpha: float | None
@@ -479,7 +558,12 @@ class SAMOptions:
         so that a loaded model keeps these values even if a preset's defaults
         change."""
         point = Point(
-            self.geometry, self.friendly, self.reuse, self.policy, self.descent
+            self.geometry,
+            self.friendly,
+            self.reuse,
+            self.policy,
+            self.descent,
+            self.direction,
         )
         return {
             o.name: getattr(self, o.name) for o in OPTIONS if o.applies(point)
@@ -531,14 +615,56 @@ def _check_linf(method: str, geometry: str, norm: str) -> None:
 
 
 def _check_policy(policy: str, reuse: str | None) -> None:
-    if policy == "adaptive" and reuse == "every_k":
+    if policy != "periodic" and reuse == "every_k":
+        decides = {
+            "adaptive": "the gradient norm decides (AE-SAM)",
+            "random": "a draw decides (RST)",
+        }[policy]
         raise ValueError(
             "`reuse='every_k'` (SAM-k) ascends every k steps; with "
-            "policy='adaptive' the gradient norm decides, and the steps "
-            "without ascent are plain with reuse=None (AE-SAM) or reuse the "
-            "orthogonal component with reuse='look' (AE-LookSAM). Received "
-            "reuse='every_k', policy='adaptive'."
+            f"policy={policy!r} {decides}, and the steps without ascent are "
+            "plain with reuse=None or reuse the orthogonal component with "
+            f"reuse='look'. Received reuse='every_k', policy={policy!r}."
         )
+
+
+# What MSAM's one pass cannot do: (option, its value without MSAM, why).
+_NOT_WITH_MOMENTUM = (
+    ("friendly", False, "F-SAM's direction is g - sigma m"),
+    ("reuse", None, "every step is one pass already"),
+    ("policy", "periodic", "no step takes a second pass"),
+    ("descent", "sam", "the step has no clean gradient g beside g_s"),
+    ("ascent", "global", "the ascent follows the one global momentum"),
+    ("batch_splits", 1, "the ascent follows the one global momentum"),
+)
+
+
+def _check_momentum(method: str, geometry: str, values: dict) -> None:
+    """Raises for what `direction='momentum'` (MSAM) does not combine with:
+    its one pass has no clean gradient, and its ascent no other source."""
+    if values["direction"] != "momentum":
+        return
+    if geometry not in ("l2", "adaptive", "layer"):
+        raise ValueError(
+            "`direction='momentum'` (MSAM) applies to the l2, adaptive and "
+            "layer geometries (e.g. methods sam, asam, layersam, msam); "
+            f"method {method!r} uses the {geometry!r} geometry, which reads "
+            "this step's gradient. Received direction='momentum'."
+        )
+    if values["layer_scale"] == "eq7":
+        raise ValueError(
+            "`direction='momentum'` (MSAM) takes the layer geometry with "
+            "layer_scale='global' or 'layer': 'eq7' scales by this step's "
+            "gradient norm, which MSAM's look-ahead precedes. Received "
+            "direction='momentum', layer_scale='eq7'."
+        )
+    for name, plain, why in _NOT_WITH_MOMENTUM:
+        if values[name] != plain:
+            raise ValueError(
+                f"`direction='momentum'` (MSAM) takes one pass per step, at "
+                f"the look-ahead w - rho m / ||m||: it needs {name}="
+                f"{plain!r} ({why}); " + _received(name, values[name])
+            )
 
 
 def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
@@ -561,7 +687,7 @@ def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
         preset.geometry,
         *(
             _value(_BY_NAME[name], given, preset, partial)
-            for name in ("friendly", "reuse", "policy", "descent")
+            for name in ("friendly", "reuse", "policy", "descent", "direction")
         ),
     )
     values = {}
@@ -577,6 +703,14 @@ def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
             values[option.name] = None
     _check_linf(method, preset.geometry, values["norm"])
     _check_policy(values["policy"], values["reuse"])
+    _check_momentum(method, preset.geometry, values)
+    if values["late_phase"] is not None and values["start_step"] != 0:
+        raise ValueError(
+            "`late_phase` sets the first SAM step from the length of fit; "
+            "give it or `start_step`, not both. Received "
+            f"late_phase={values['late_phase']!r}, "
+            f"start_step={values['start_step']!r}."
+        )
     for option in OPTIONS:
         value = values[option.name]
         if option.converts and value is not None and not callable(value):

@@ -36,9 +36,12 @@ class StepPlan:
         geometry: the geometry bound to the perturbed variables (`None` for
             the nuclear geometries).
         matrices: each perturbed weight matrix (nuclear geometries only).
-        ascends_every_step: no `reuse`, no `start_step`, the periodic
-            policy: every step takes an ascent, so the step has no
+        ascends_every_step: no `reuse`, no `start_step` or `late_phase`, the
+            periodic policy: every step takes an ascent, so the step has no
             conditional.
+        looks_ahead: MSAM (`direction="momentum"`): pass 1 runs at the
+            momentum's look-ahead and its gradient is the update; no step
+            takes a second pass.
         clean_indices: the variables pass 1 differentiates: all, or when
             every step ascends and the descent is SAM's, all but the
             unperturbed ones of the SAM gradient (SAM-ON's pass 1 never
@@ -60,6 +63,7 @@ class StepPlan:
     geometry: Geometry | None
     matrices: tuple[WeightMatrix, ...]
     ascends_every_step: bool
+    looks_ahead: bool
     clean_indices: tuple[int, ...]
     keeps_gradient: bool
     pairs_in_pass_one: bool
@@ -157,10 +161,13 @@ def make_plan(
         perturbed, matrices = _matrices(options, model, variables, perturbed)
     else:
         geometry = make_geometry(options, [variables[i] for i in perturbed])
+    looks_ahead = options.direction == "momentum"
     every_step = (
         options.reuse is None
         and options.start_step == 0
+        and options.late_phase is None
         and options.policy == "periodic"
+        and not looks_ahead
     )
     keeps_gradient = options.reuse == "look" or options.descent != "sam"
     clean = range(len(variables))
@@ -174,6 +181,7 @@ def make_plan(
         geometry=geometry,
         matrices=matrices,
         ascends_every_step=every_step,
+        looks_ahead=looks_ahead,
         clean_indices=tuple(clean),
         keeps_gradient=keeps_gradient,
         pairs_in_pass_one=_pairs_in_pass_one(

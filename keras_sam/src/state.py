@@ -21,9 +21,11 @@ class SAMState(NamedTuple):
 
     Attributes:
         iterations: the count of steps that were not skipped (int32); the
-            SAM step is `t = iterations - start_step`.
-        ema: F-SAM's EMA of the clean gradient, one float32 tensor per
-            perturbed variable (`[]` without `friendly`).
+            SAM step is `t = iterations - start_step` (or minus `start`).
+        ema: the EMA of the clean gradient (F-SAM's `m`; MSAM's momentum,
+            of the gradients at its look-aheads), one float32 tensor per
+            perturbed variable (`[]` without `friendly` or
+            `direction="momentum"`).
         g_v: LookSAM's stored component of the SAM gradient orthogonal to
             the clean gradient, one float32 tensor per variable of the SAM
             gradient (`[]` without `reuse="look"`; divided by the clean
@@ -33,6 +35,9 @@ class SAMState(NamedTuple):
         norm_stats: AE-SAM's running mean and variance of the squared norm
             of the clean gradient, two float32 scalars (`[]` without
             `policy="adaptive"`).
+        start: late-phase SAM's first SAM step, one int32 scalar that the
+            first `fit` sets (`[]` without `late_phase`); the step never
+            changes it.
     """
 
     iterations: Any
@@ -40,6 +45,7 @@ class SAMState(NamedTuple):
     g_v: list
     u: list
     norm_stats: list
+    start: list
 
 
 def _constant(value: np.ndarray):

@@ -1,18 +1,18 @@
 """The backend-neutral SAM step, as pure functions of values.
 
-A step on every backend: pass 1 gives the clean gradient (as Keras' own
-step does); `gather` turns it into what the method reads; `friendly_ema`
-and `direction` give the ascent direction; `ascent_policy` decides whether
-the step ascends; on an ascent step, `perturb` gives the perturbation, the
-backend runs pass 2 with it and `after_ascent` reads its gradient; on a
-reuse step, `reuse` gives the update instead; `descend` applies the
-descent rule (GSAM, WSAM) to an ascent's gradient; `commit` keeps the new
-state only if every gradient was finite, and `merge` lays the result out
-for the base optimizer.
+A step on every backend: pass 1 gives the clean gradient (as Keras' own step
+does); `gather` turns it into what the method reads; `gradient_ema` and
+`direction` give the ascent direction (MSAM's `lookahead` gives pass 1's
+point instead); `ascent_policy` decides whether the step ascends; on an
+ascent step, `perturb` gives the perturbation, the backend runs pass 2 with
+it and `after_ascent` reads its gradient; on a reuse step, `reuse` gives the
+update instead; `descend` applies the descent rule (GSAM, WSAM) to an
+ascent's gradient; `commit` keeps the new state only if every gradient was
+finite, and `merge` lays the result out for the base optimizer.
 
 Every function reads the step's `Context`, built once per step: the plan,
-the options, the values before the step, the loss scale, the replicas and
-the radius.
+the options, the values before the step, the loss scale, the replicas, the
+SAM step and the radius.
 
 Conventions, by name: a *share* is this replica's share of the global
 gradient (its local mean loss divided by the replica count; the shares of
@@ -30,7 +30,13 @@ import keras
 from keras import ops
 
 from keras_sam.src import micro_batches
-from keras_sam.src.methods import descent, friendly, nuclear, schedule
+from keras_sam.src.methods import (
+    descent,
+    friendly,
+    momentum,
+    nuclear,
+    schedule,
+)
 from keras_sam.src.methods.geometry import perturbation
 from keras_sam.src.methods.tensors import all_finite, global_dot, to_float32
 from keras_sam.src.options import SAMOptions
@@ -50,8 +56,9 @@ class Context(NamedTuple):
         values: the trainable variables' values before the step.
         loss_scale: the factor of a scaled loss (float32), or `None`.
         replicas: the replicas that run the step together.
-        rho: the step's radius: `rho`, or its schedule's value at the
-            step.
+        t: the SAM step, `iterations - start_step` (or minus late-phase
+            SAM's `start`): negative before the first SAM step.
+        rho: the step's radius: `rho`, or its schedule's value at `t`.
     """
 
     plan: StepPlan
@@ -59,6 +66,7 @@ class Context(NamedTuple):
     values: list
     loss_scale: Any
     replicas: Replicas
+    t: Any
     rho: Any
 
 
@@ -263,10 +271,10 @@ def _reads_total(options: SAMOptions, own: bool) -> bool:
     )
 
 
-def friendly_ema(options: SAMOptions, ema: list, clean: Clean, active):
-    """F-SAM's EMA after this step (unchanged before `start_step`; `[]`
-    without `friendly`)."""
-    if not options.friendly:
+def gradient_ema(options: SAMOptions, ema: list, clean: Clean, active):
+    """The EMA of the clean gradient after this step, F-SAM's or MSAM's
+    (unchanged before `start_step`; `[]` without either)."""
+    if not (options.friendly or options.direction == "momentum"):
         return []
     new = friendly.ema_update(ema, clean.perturbed, options.ema_decay)
     return [ops.where(active, n, old) for n, old in zip(new, ema)]
@@ -289,7 +297,16 @@ def ascent_policy(
     (global over the SAM gradient's variables) take this step's norm, then
     the step ascends if `||g||^2 >= mu + c_t sigma`; before `start_step`
     the statistics stay and nothing ascends (`[]` without the policy).
+    `policy="random"` (RST): step `t >= 0` ascends with probability `p_t`.
+    MSAM's steps never ascend: pass 1 ran at its look-ahead.
     """
+    if options.direction == "momentum":
+        return ops.zeros((), "bool"), []
+    if options.policy == "random":
+        t_0 = ops.maximum(t, 0)
+        p = schedule.rho_at(options.ascent_probability, t_0)
+        ascends = schedule.random_ascends(t_0, p, options.policy_seed)
+        return ops.logical_and(ops.greater_equal(t, 0), ascends), []
     if options.policy != "adaptive":
         return schedule.takes_ascent(t, options.reuse, options.k), []
     squared_norm = global_dot(clean.total, clean.total)
@@ -300,6 +317,17 @@ def ascent_policy(
     threshold = schedule.rho_at(options.policy_threshold, ops.maximum(t, 0))
     ascends = schedule.policy_ascends(squared_norm, new, threshold)
     return ops.logical_and(active, ascends), new
+
+
+def valid_policy(options: SAMOptions, t):
+    """Whether RST's probability schedule is in `[0, 1]` at SAM step `t`: a
+    step where it is not is skipped, as a non-finite one is (always true
+    before `start_step`, and without a schedule)."""
+    probability = options.ascent_probability
+    if options.policy != "random" or not callable(probability):
+        return True
+    p = schedule.rho_at(probability, ops.maximum(t, 0))
+    return ops.logical_or(ops.less(t, 0), schedule.valid_probability(p))
 
 
 def perturb(ctx: Context, direction: list, gradients: list, u: list):
@@ -322,6 +350,18 @@ def perturb(ctx: Context, direction: list, gradients: list, u: list):
     weights = to_float32([ctx.values[i] for i in plan.perturbed_indices])
     eps = perturbation(plan.geometry, direction, gradients, weights, ctx.rho)
     return Dense(plan.perturbed_indices, eps), u
+
+
+def lookahead(ctx: Context, state: SAMState) -> Dense | None:
+    """MSAM's look-ahead, where its step's one pass runs: the geometry's
+    perturbation along `-m`, `m` the state's EMA of the gradients (zero at
+    the first step, as `m` is, and before `start_step`); `None` for the
+    other methods."""
+    if not ctx.plan.looks_ahead:
+        return None
+    rho = ops.where(ops.greater_equal(ctx.t, 0), ctx.rho, 0.0)
+    along = momentum.direction(state.ema)
+    return perturb(ctx._replace(rho=rho), along, along, state.u)[0]
 
 
 def ascent_perturbation(

@@ -150,12 +150,13 @@ class SAMTrainer:
         replicas: Replicas = ONE_REPLICA,
     ) -> step.Context:
         """The step's context: `values` are the trainable values before
-        the step, `state` the SAM state (its counter gives a radius
-        schedule's value)."""
+        the step, `state` the SAM state (its counter and late-phase SAM's
+        start give the SAM step, and a radius schedule's value)."""
         o = self._options
-        t = ops.maximum(state.iterations - o.start_step, 0)
-        rho = schedule.rho_at(o.rho, t)
-        return step.Context(self._plan, o, values, loss_scale, replicas, rho)
+        start = state.start[0] if state.start else o.start_step
+        t = state.iterations - start
+        rho = schedule.rho_at(o.rho, ops.maximum(t, 0))
+        return step.Context(self._plan, o, values, loss_scale, replicas, t, rho)
 
     def _sam_update(
         self, ctx: step.Context, state: SAMState, one: PassOne, inputs: list
@@ -164,9 +165,9 @@ class SAMTrainer:
         `inputs` are what each micro-batch's pass 2 needs."""
         plan, o = ctx.plan, ctx.options
         clean = step.gather(ctx, one.groups, one.loss, one.pairs)
-        t = state.iterations - o.start_step
+        t = ctx.t
         active = ops.greater_equal(t, 0)
-        ema = step.friendly_ema(o, state.ema, clean, active)
+        ema = step.gradient_ema(o, state.ema, clean, active)
         ascent, norm_stats = step.ascent_policy(
             o, t, clean, state.norm_stats, active
         )
@@ -174,6 +175,8 @@ class SAMTrainer:
             branch, differentiated = self._ascend(
                 ctx, clean, ema, state, inputs
             )
+        elif plan.looks_ahead:  # MSAM: pass 1's gradient is the update
+            branch, differentiated = step.reuse(ctx, clean, state, active), ()
         else:
             branch = ops.cond(
                 ascent,
@@ -184,9 +187,12 @@ class SAMTrainer:
         # Replicas synchronise outside the conditional: MirroredStrategy
         # cannot all-reduce inside one.
         ok = ops.logical_and(clean.finite, ctx.replicas.all(branch.finite))
+        ok = ops.logical_and(ok, step.valid_policy(o, t))
         g_v = step.global_g_v(ctx, branch.g_v, state.g_v, ascent)
         branch, decoupled = step.descend(ctx, clean, branch, ascent)
-        new = SAMState(state.iterations + 1, ema, g_v, branch.u, norm_stats)
+        new = SAMState(
+            state.iterations + 1, ema, g_v, branch.u, norm_stats, state.start
+        )
         present = plan.has_gradient(clean.present, differentiated)
         return Update(
             gradients=step.merge(plan, clean, branch.gradients, present),
@@ -375,17 +381,22 @@ class SAMTrainer:
         return loss, y_pred, non_trainable, metrics
 
     def _passes_one(
-        self, values: list, inputs: list, probes, u: list, loss_scale
+        self, ctx: step.Context, state: SAMState, inputs: list
     ) -> PassOne:
         """Pass 1 of the batch (`inputs`: one `PassInputs`), or of each
         micro-batch, each from the state before the step, joined into what
         one pass over the whole batch would give (`micro_batches.join`),
-        the side effects kept once (`_kept_once`). `probes`, `u` and
-        `loss_scale` are for `_pass_one` (one batch)."""
-        if len(inputs) == 1:
-            return self._pass_one(values, inputs[0], probes, u, loss_scale)
+        the side effects kept once (`_kept_once`). MSAM's runs at its
+        look-ahead (`step.lookahead`), functionally as a micro-batch's."""
+        lookahead = step.lookahead(ctx, state)
+        if lookahead is None and len(inputs) == 1:
+            probes = self._probes(ctx.replicas)
+            return self._pass_one(
+                ctx.values, inputs[0], probes, state.u, ctx.loss_scale
+            )
+        at = ctx.values if lookahead is None else lookahead.values(ctx.values)
         passes = [
-            self._micro_batch_pass_one(values, part, j)
+            self._micro_batch_pass_one(at, part, j)
             for j, part in enumerate(inputs)
         ]
         loss, y_pred, non_trainable, metrics = micro_batches.join(

@@ -19,6 +19,10 @@ from support.reference import (
 CASES = {
     name: GOLDEN[name] for name in (*PRESETS, "look_fsam_delayed", "aelooksam")
 }
+# The cases that also train with `ascent="per_replica"` under TensorFlow's
+# strategy: all but MSAM, whose look-ahead follows the one global momentum
+# (`ascent="per_replica"` is a ValueError with it, test_options.py).
+PER_REPLICA_ASCENT = tuple(name for name in CASES if name != "msam")
 # Micro-batches (m-sharpness): JAX's `ascent="per_replica"` on 4 devices and
 # `batch_splits=4` on one; TensorFlow's 2 replicas, each batch split in 2.
 PER_REPLICA_CASES = (

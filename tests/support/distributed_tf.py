@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 from keras_sam import SAMModel  # noqa: E402
 from support.distributed import (  # noqa: E402
     CASES,
+    PER_REPLICA_ASCENT,
     SEQUENCE,
     SPLIT_CASES,
     sequence_ascent,
@@ -91,7 +92,8 @@ def main(path: str) -> None:
         # One device, compiled with XLA (what a TPU runs): the reference of
         # the distributed runs and itself checked against NumPy's.
         out[f"{name}/single"] = train(name, jit_compile=True)
-        for ascent in ("global", "per_replica"):
+        per_replica = name in PER_REPLICA_ASCENT
+        for ascent in ("global", "per_replica")[: 1 + per_replica]:
             with strategy.scope():
                 weights, sam = train(name, ascent=ascent, return_model=True)
             out[f"{name}/{ascent}"] = weights

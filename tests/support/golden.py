@@ -217,6 +217,59 @@ CASES = {
         dict(method="wsam", rho=0.1, gamma=0.7, decoupled=False),
         Config(descent="wsam", gamma=0.7, rho=0.1),
     ),
+    "rst": (
+        dict(method="sam", rho=0.1, policy="random"),
+        Config(policy="random", rho=0.1),
+    ),
+    "rst_look_schedule_seed": (
+        dict(
+            method="looksam",
+            rho=0.1,
+            policy="random",
+            ascent_probability=keras.optimizers.schedules.PolynomialDecay(
+                0.8, 8, 0.2
+            ),
+            policy_seed=3,
+        ),
+        Config(
+            reuse="look",
+            reuse_scale="stored",
+            policy="random",
+            ascent_probability=lambda t: 0.8 - 0.6 * t / 8,
+            policy_seed=3,
+            rho=0.1,
+        ),
+    ),
+    "msam": (
+        dict(method="msam", rho=0.5),
+        Config(direction="momentum", rho=0.5),
+    ),
+    "msam_options": (
+        dict(method="msam", rho=0.2, ema_decay=0.5, start_step=2),
+        Config(direction="momentum", ema_decay=0.5, start_step=2, rho=0.2),
+    ),
+    "msam_adaptive_on_norm": (
+        dict(method="asam", rho=0.5, direction="momentum", perturb="norm"),
+        Config(
+            geometry="adaptive",
+            direction="momentum",
+            perturbed=NORM_NAMES,
+            rho=0.5,
+        ),
+    ),
+    "msam_layer_schedule": (
+        dict(
+            method="layersam",
+            direction="momentum",
+            rho=keras.optimizers.schedules.ExponentialDecay(0.2, 2, 0.5),
+        ),
+        Config(
+            geometry="layer",
+            layer_scale="global",
+            direction="momentum",
+            rho=lambda t: 0.2 * 0.5 ** (t / 2),
+        ),
+    ),
     "aesam": (
         dict(method="sam", rho=0.1, policy="adaptive", **AE),
         Config(policy="adaptive", rho=0.1, **AE),

@@ -13,6 +13,8 @@ Papers (under shared/papers):
     nuSAM / nuSAM-Norm: Ahn et al. 2024, Alg. 1-2 and App. C.1 eq. 21.
     ASAM / Fisher / linf / SAM-ON: Mueller et al. 2023, eq. 5 and Table 9.
     F-SAM: Li et al. 2024, Alg. 1.
+    MSAM: Becker, Altrock and Risse 2024, Fig. 1 (SGD with Momentum-SAM);
+        not under shared/papers.
     LayerSAM, LookSAM, SAM-k: Liu et al. 2022, eq. 4 and 7, Alg. 1-3.
 
 Papers not under shared/papers (the descent rules and AE-SAM's schedule):
@@ -25,6 +27,10 @@ Papers not under shared/papers (the descent rules and AE-SAM's schedule):
     AE-SAM / AE-LookSAM: Jiang et al., "An Adaptive Policy to Employ
         Sharpness-Aware Minimization", ICLR 2023, Sec. 3 (the running
         statistics of ||g||^2 and the test against them).
+    RST: Zhao, Zhang and Hu, "Randomized Sharpness-Aware Training for
+        Boosting Computational Efficiency in Deep Learning", 2022, Alg. 1
+        (a Bernoulli trial per step), with the draws docs/semantics.md
+        specifies.
     Adam (for the decoupled WSAM test): Kingma & Ba, ICLR 2015, Alg. 1 in
         the "more efficient" order of its Sec. 2.
 """
@@ -141,7 +147,8 @@ class Config:
     normalize_bias: bool = False
     perturbed: tuple[str, ...] = NAMES
     friendly: bool = False
-    ema_decay: float = 0.9
+    direction: str = "gradient"  # gradient | momentum (MSAM)
+    ema_decay: float = 0.9  # F-SAM's lambda; MSAM's momentum mu
     sigma: float = 1.0
     layer_scale: str = "eq7"  # layer geometry: eq7 | layer | global
     reuse: str | None = None  # None | look | every_k
@@ -152,9 +159,11 @@ class Config:
     rho: object = 0.05  # float, or a function of the SAM step t
     power_iterations: int = 1
     exact_svd: bool = False  # nuclear: the exact top singular pair instead
-    policy: str = "periodic"  # periodic | adaptive (AE-SAM)
+    policy: str = "periodic"  # periodic | adaptive (AE-SAM) | random (RST)
     policy_decay: float = 0.9  # AE-SAM's delta
     policy_threshold: object = 0.0  # AE-SAM's c_t: float or function of t
+    ascent_probability: object = 0.5  # RST's p_t: float or function of t
+    policy_seed: int = 0
     descent: str = "sam"  # sam | gsam | wsam
     gsam_alpha: float = 0.6
     gamma: float = 0.9
@@ -205,6 +214,7 @@ class Reference:
         self.lr = lr
         self.step_count = 0
         self.m = np.zeros(self.flat.size)  # F-SAM EMA, m_{-1} = 0
+        self.v = np.zeros(self.flat.size)  # MSAM's momentum, v_0 = 0
         self.g_v = np.zeros(self.flat.size)  # LookSAM's stored g_v
         self.g_v_norm_at_ascent = 0.0  # ||g|| of the last ascent step
         self.mask = self.flat.indicator(config.perturbed)
@@ -365,6 +375,13 @@ class Reference:
         return g_s, None
 
     def ascends(self, g, t) -> bool:
+        c = self.c
+        if c.policy == "random":  # RST, Alg. 1: a Bernoulli(p_t) trial
+            p = c.ascent_probability
+            return rst_draw(t, c.policy_seed) < (p(t) if callable(p) else p)
+        return self._ae_ascends(g, t)
+
+    def _ae_ascends(self, g, t) -> bool:
         """AE-SAM (Jiang et al., Sec. 3): the running mean and variance of
         ||g||^2 take this step's value (mean first), then ascend iff
         ||g||^2 >= mean + c_t * std."""
@@ -403,10 +420,31 @@ class Reference:
         if decoupled is not None:
             self.theta = self.theta - lr * decoupled
 
+    def _momentum_step(self, x, y, sample_weight, t):
+        """MSAM (Becker et al. 2024, Fig. 1): the one gradient of the step,
+        g = grad L(w~) at the look-ahead w~ = w - rho v / ||v|| (the
+        geometry's perturbation along -v), is the update, applied from w;
+        then v = mu v + g (v_0 = 0: the first gradient is taken at w). Over
+        the perturbed coordinates; before start_step a plain step, v
+        unchanged."""
+        c = self.c
+        eps = np.zeros(self.flat.size)
+        if t >= 0:
+            self.rho = c.rho(t) if callable(c.rho) else c.rho
+            eps = self.epsilon(-self.v, -self.v, self.theta)
+        loss, g = self.grad(self.theta + eps, x, y, sample_weight)
+        self.last_loss, self.last_sharpness = loss, None
+        self.ascents.append(False)
+        if t >= 0:
+            self.v = np.where(self.mask > 0, c.ema_decay * self.v + g, 0)
+        self.apply(g)
+
     def step(self, x, y, sample_weight=None):
         c = self.c
         t = self.step_count - c.start_step
         self.step_count += 1
+        if c.direction == "momentum":
+            return self._momentum_step(x, y, sample_weight, t)
         loss, g = self.grad(self.theta, x, y, sample_weight)
         self.last_loss, self.last_sharpness = loss, None
         if t < 0:  # perturbation delay: a plain step
@@ -435,6 +473,19 @@ class Reference:
         else:  # SAM-k, AE-SAM: plain gradient between ascents
             update = g
         self.apply(update, decoupled)
+
+
+RST_PRIME = 32717  # docs/semantics.md, "RST's draws"
+
+
+def rst_draw(t: int, seed: int) -> float:
+    """u_t in [0, 1): from x = seed mod P, for each base-P digit of t (low
+    first) two rounds of x -> (16807 x + digit + 1)^3 mod P; u_t = x / P."""
+    x = seed % RST_PRIME
+    for digit in (t % RST_PRIME, t // RST_PRIME % RST_PRIME):
+        for _ in range(2):
+            x = pow(16807 * x + digit + 1, 3, RST_PRIME)
+    return x / RST_PRIME
 
 
 def step_per_replica(ref: Reference, x, y, replicas: int) -> None:

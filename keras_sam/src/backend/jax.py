@@ -163,10 +163,8 @@ class JaxSAMTrainer(SAMTrainer):
         sam_state = self._state.from_values(
             self.non_trainable_variables, non_trainable
         )
-        one = self._passes_one(
-            trainable, inputs, self._probes(replicas), sam_state.u, loss_scale
-        )
         ctx = self._context(trainable, sam_state, loss_scale, replicas)
+        one = self._passes_one(ctx, sam_state, inputs)
         update = self._sam_update(ctx, sam_state, one, inputs)
         return _Gradients(
             one.loss, one.y_pred, one.non_trainable, one.metrics, update

@@ -176,10 +176,8 @@ class TensorFlowSAMTrainer(SAMTrainer):
             _PassInputs(non_trainable, metrics, *micro_batch)
             for micro_batch in self._micro_batches((x, y, sample_weight))
         ]
-        one = self._passes_one(
-            values, inputs, self._probes(replicas), state.u, loss_scale
-        )
         ctx = self._context(values, state, loss_scale, replicas)
+        one = self._passes_one(ctx, state, inputs)
         update = self._sam_update(ctx, state, one, inputs)
         self._apply_update(update, variables, non_trainable)
         self._track(update)

@@ -93,11 +93,10 @@ class TorchSAMTrainer(SAMTrainer):
             _PassInputs(non_trainable, metrics, rng, *micro_batch)
             for micro_batch in self._micro_batches((x, y, sample_weight))
         ]
-        one = self._passes_one(
-            values, inputs, self._probes(), state.u, loss_scale
-        )
         with torch.no_grad():
             ctx = self._context(values, state, loss_scale)
+        one = self._passes_one(ctx, state, inputs)
+        with torch.no_grad():
             update = self._sam_update(ctx, state, one, inputs)
             self._apply_update(update, variables, non_trainable, own)
         self._track(update)

@@ -12,6 +12,8 @@ References:
     Zhuang et al., "Surrogate Gap Minimization Improves Sharpness-Aware
     Training" (GSAM), ICLR 2022: the radius proportional to the learning
     rate.
+    Zhao, Zhang and Hu, "Randomized Sharpness-Aware Training for Boosting
+    Computational Efficiency in Deep Learning" (RST), 2022: Alg. 1.
 """
 
 from __future__ import annotations
@@ -46,6 +48,49 @@ def takes_ascent(t, reuse: str | None, k: int | None):
     if reuse is None:
         return active
     return ops.logical_and(active, ops.equal(ops.mod(t, k), 0))
+
+
+# RST's draws: a hash of (seed, t) in int32 arithmetic, exact on every
+# backend. P is a prime below 2**15 (every product below stays under 2**31)
+# with P % 3 == 2, so that cubing permutes the residues: each round is a
+# bijection, and the draws of steps 0 to P - 1 are a permutation of the
+# residues.
+_P = 32717
+_MULTIPLIER = 16807
+
+
+def _mixed(x, word):
+    """Two rounds of `x -> (16807 x + word + 1)^3 mod P`."""
+    for _ in range(2):
+        x = ops.mod(x * _MULTIPLIER + word + 1, _P)
+        x = ops.mod(ops.mod(x * x, _P) * x, _P)
+    return x
+
+
+def uniform_draw(t, seed: int):
+    """RST's uniform draw in `[0, 1)` for SAM step `t` (>= 0) and `seed`:
+    `x / P`, `x` the residue that `_mixed` gives from `seed mod P`, fed the
+    digits of `t` in base `P`, low first; the same on every backend
+    (float32)."""
+    t = ops.cast(t, "int32")
+    x = ops.mod(ops.convert_to_tensor(seed, "int32"), _P)
+    for word in (ops.mod(t, _P), ops.mod(ops.floor_divide(t, _P), _P)):
+        x = _mixed(x, word)
+    return ops.cast(x, "float32") / float(_P)
+
+
+def random_ascends(t, probability, seed: int):
+    """RST (Zhao et al. 2022, Alg. 1): step `t` ascends with probability
+    `p_t`, the Bernoulli trial `u_t < p_t` on `uniform_draw`."""
+    return ops.less(uniform_draw(t, seed), probability)
+
+
+def valid_probability(probability):
+    """Whether a probability is in `[0, 1]` (a boolean scalar): a step
+    whose schedule gives one outside it is skipped, as a non-finite one is."""
+    return ops.logical_and(
+        ops.greater_equal(probability, 0.0), ops.less_equal(probability, 1.0)
+    )
 
 
 def policy_statistics(statistics: Sequence, squared_norm, decay: float):
