@@ -62,6 +62,15 @@ CONFIGS = [{"method": m} for m in PRESETS] + [
         ),
     },
     {"method": "wsam", "gamma": 0.7, "decoupled": False},
+    {"method": "sam", "policy": "random", "ascent_probability": 0.3},
+    {
+        "method": "looksam",
+        "policy": "random",
+        "policy_seed": 4,
+        "ascent_probability": keras.optimizers.schedules.CosineDecay(0.8, 9),
+    },
+    {"method": "asam", "late_phase": 0.25},
+    {"method": "msam", "ema_decay": 0.5, "perturb": "no_norm"},
     {
         "method": "looksam",
         "policy": "adaptive",
@@ -105,12 +114,22 @@ def test_unsaveable_callables_raise_at_save(option, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "method", ["looksam", "fsam", "nusam", "samk", "looklayersam"]
+    "method, options",
+    [
+        ("looksam", {"k": 2}),
+        ("fsam", {}),
+        ("nusam", {}),
+        ("samk", {"k": 2}),
+        ("looklayersam", {"k": 2}),
+        ("msam", {}),
+        ("sam", {"late_phase": 0.5}),  # the first SAM step (3) is kept
+    ],
 )
-def test_save_and_load_keep_weights_state_and_optimizer(method, tmp_path):
+def test_save_and_load_keep_weights_state_and_optimizer(
+    method, options, tmp_path
+):
     x, y = toy_classification(48, seed=1)
-    k = {"k": 2} if method in ("looksam", "samk", "looklayersam") else {}
-    model = SAMModel(_model(), method=method, **k)
+    model = SAMModel(_model(), method=method, **options)
     _compile(model)
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     counter = model.sam_state.iterations
