@@ -76,20 +76,35 @@ def _check_one_argument(name: str, value: Callable, argument: str) -> None:
         ) from None
 
 
-def _check_rho(name: str, rho: Any) -> None:
+def _float_or_schedule(floats: str, valid) -> Callable[[str, Any], None]:
+    """The check of an option that is a float (`floats` says which, `valid`
+    tests one) or a schedule of the SAM step."""
     allowed = (
-        "a float >= 0, a keras.optimizers.schedules.LearningRateSchedule or a "
+        f"{floats}, a keras.optimizers.schedules.LearningRateSchedule or a "
         "callable of the SAM step"
     )
-    if is_real(rho):
-        if not math.isfinite(rho) or rho < 0:
-            raise ValueError(
-                f"`rho` must be {allowed}; " + _received(name, rho)
+
+    def check(name: str, value: Any) -> None:
+        if is_real(value):
+            if not (math.isfinite(value) and valid(value)):
+                raise ValueError(
+                    f"`{name}` must be {allowed}; " + _received(name, value)
+                )
+        elif not callable(value):
+            raise TypeError(
+                f"`{name}` must be {allowed}; " + _received(name, value)
             )
-    elif not callable(rho):
-        raise TypeError(f"`rho` must be {allowed}; " + _received(name, rho))
-    else:
-        _check_one_argument(name, rho, "the SAM step")
+        else:
+            _check_one_argument(name, value, "the SAM step")
+
+    return check
+
+
+_check_rho = _float_or_schedule("a float >= 0", lambda v: v >= 0)
+_check_threshold = _float_or_schedule("a finite float", lambda v: True)
+_check_probability = _float_or_schedule(
+    "a float in [0, 1]", lambda v: 0.0 <= v <= 1.0
+)
 
 
 PERTURB_MASKS = ("all", "norm", "no_norm")
@@ -105,42 +120,6 @@ def _check_perturb(name: str, value: Any) -> None:
         )
     else:
         _check_one_argument(name, value, "a variable")
-
-
-def _check_threshold(name: str, value: Any) -> None:
-    allowed = (
-        "a finite float, a keras.optimizers.schedules.LearningRateSchedule "
-        "or a callable of the SAM step"
-    )
-    if is_real(value):
-        if not math.isfinite(value):
-            raise ValueError(
-                f"`{name}` must be {allowed}; " + _received(name, value)
-            )
-    elif not callable(value):
-        raise TypeError(
-            f"`{name}` must be {allowed}; " + _received(name, value)
-        )
-    else:
-        _check_one_argument(name, value, "the SAM step")
-
-
-def _check_probability(name: str, value: Any) -> None:
-    allowed = (
-        "a float in [0, 1], a keras.optimizers.schedules.LearningRateSchedule "
-        "or a callable of the SAM step"
-    )
-    if is_real(value):
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(
-                f"`{name}` must be {allowed}; " + _received(name, value)
-            )
-    elif not callable(value):
-        raise TypeError(
-            f"`{name}` must be {allowed}; " + _received(name, value)
-        )
-    else:
-        _check_one_argument(name, value, "the SAM step")
 
 
 def _check_fraction(name: str, value: Any) -> None:
