@@ -226,7 +226,12 @@ class SAMModel(BackendSAMTrainer, keras.Model):
         Yue et al., "Sharpness-Aware Minimization Revisited: Weighted
         Sharpness as a Regularization Term" (WSAM), KDD 2023. Jiang et al.,
         "An Adaptive Policy to Employ Sharpness-Aware Minimization"
-        (AE-SAM), ICLR 2023.
+        (AE-SAM), ICLR 2023. Becker et al., "Momentum-SAM: Sharpness Aware
+        Minimization without Computational Overhead", 2024. Zhao et al.,
+        "Randomized Sharpness-Aware Training for Boosting Computational
+        Efficiency in Deep Learning" (RST), 2022. Zhou et al.,
+        "Sharpness-Aware Minimization Efficiently Selects Flatter Minima
+        Late in Training", ICLR 2025.
     """
 
     def __init__(
