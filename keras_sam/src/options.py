@@ -536,14 +536,7 @@ class SAMOptions:
         """Every option that applies, as keywords: what `get_config` saves,
         so that a loaded model keeps these values even if a preset's defaults
         change."""
-        point = Point(
-            self.geometry,
-            self.friendly,
-            self.reuse,
-            self.policy,
-            self.descent,
-            self.direction,
-        )
+        point = Point(*(getattr(self, name) for name in Point._fields))
         return {
             o.name: getattr(self, o.name) for o in OPTIONS if o.applies(point)
         }
@@ -646,6 +639,15 @@ def _check_momentum(method: str, geometry: str, values: dict) -> None:
             )
 
 
+def _check_late_phase(late_phase: float | None, start_step: int) -> None:
+    if late_phase is not None and start_step != 0:
+        raise ValueError(
+            "`late_phase` sets the first SAM step from the length of fit; "
+            "give it or `start_step`, not both. Received "
+            f"late_phase={late_phase!r}, start_step={start_step!r}."
+        )
+
+
 def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
     """Applies the preset of `method`, then the options given; checks all.
 
@@ -666,7 +668,7 @@ def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
         preset.geometry,
         *(
             _value(_BY_NAME[name], given, preset, partial)
-            for name in ("friendly", "reuse", "policy", "descent", "direction")
+            for name in Point._fields[1:]  # the structural options
         ),
     )
     values = {}
@@ -683,13 +685,7 @@ def resolve_options(method: str = "sam", **given: Any) -> SAMOptions:
     _check_linf(method, preset.geometry, values["norm"])
     _check_policy(values["policy"], values["reuse"])
     _check_momentum(method, preset.geometry, values)
-    if values["late_phase"] is not None and values["start_step"] != 0:
-        raise ValueError(
-            "`late_phase` sets the first SAM step from the length of fit; "
-            "give it or `start_step`, not both. Received "
-            f"late_phase={values['late_phase']!r}, "
-            f"start_step={values['start_step']!r}."
-        )
+    _check_late_phase(values["late_phase"], values["start_step"])
     for option in OPTIONS:
         value = values[option.name]
         if option.converts and value is not None and not callable(value):
