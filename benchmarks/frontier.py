@@ -79,7 +79,9 @@ def phases(run: str) -> dict[str, str]:
     if method is None:
         return {}
     if "late_phase" in options:
-        rest = run.replace(f"late_phase={options['late_phase']}", "").strip()
+        rest = " ".join(
+            w for w in run.split() if not w.startswith("late_phase=")
+        )
         return {"ascent": rest, "other": f"{rest} start_step={NEVER}"}
     if options.get("policy") == "random":
         return {
@@ -91,13 +93,13 @@ def phases(run: str) -> dict[str, str]:
     return {}
 
 
-def trainer(run: str, epochs: int) -> keras.Model:
-    """The demo's ViT (seed 0) for `run`, compiled as the demo compiles it."""
+def trainer(run: str, steps: int) -> keras.Model:
+    """The demo's ViT (seed 0) for `run`, compiled as the demo compiles it
+    for a run of `steps` steps."""
     method, _, options = parse_run(run)
     model = demo.make_model("vit", 0)
     if method is not None:
         model = SAMModel(model, method=method, **options)
-    steps = epochs * -(-len(demo.load_digits()[0][0]) // demo.BATCH_SIZE)
     model.compile(
         optimizer=demo.base_optimizer("adamw", steps),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -117,7 +119,8 @@ def timed_cost(run: str, rounds: int) -> float:
     interleaved pairs, after an epoch of each that compiles."""
     (x, y), _ = demo.load_digits()
     batches = demo.Batches(x, y, demo.BATCH_SIZE, 0)
-    base, model = trainer("base", 100), trainer(run, 100)
+    steps = 100 * len(batches)  # a schedule that stays near its start
+    base, model = trainer("base", steps), trainer(run, steps)
     for m in (base, model):
         _epoch_seconds(m, batches)
     ratios = []
