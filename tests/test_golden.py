@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from support.golden import CASES
 from support.helpers import (
+    COVERING_PRESETS,
     LR,
     Batches,
     assert_weights_close,
@@ -20,7 +21,7 @@ from support.reference import (
     step_per_replica,
 )
 
-from keras_sam import SAMModel
+from keras_sam import PRESETS, SAMModel
 
 # case -> (compiled SAMModel, the initial values of all its variables): the
 # two tests of a case share one model and its compiled step, reset to the
@@ -70,7 +71,19 @@ def test_each_step_matches_reference(case):
         )
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# `fit`'s loop is the same for every case; it runs every preset, and the
+# compositions whose state or schedule no preset has (AE-SAM's statistics,
+# RST's draw, a radius schedule, a delayed start).
+FIT_CASES = (
+    *PRESETS,
+    "aelooksam",
+    "rst_look_schedule_seed",
+    "rho_schedule",
+    "look_fsam_delayed",
+)
+
+
+@pytest.mark.parametrize("case", FIT_CASES)
 def test_fit_matches_reference(case):
     """The same trajectory through `fit` (JAX purges variables during fit,
     so the persistent state must live in the trainer's state)."""
@@ -166,11 +179,25 @@ def test_a_batch_that_does_not_split_equally_is_a_clear_error(dataset):
 
 
 def test_cases_cover_every_preset():
-    from keras_sam import PRESETS
-
     covered = {options["method"] for options, _ in CASES.values()}
     assert covered == set(PRESETS)
     assert len(CASES) >= len(PRESETS) + 2
+    assert set(FIT_CASES) <= set(CASES)
+
+
+def _settings(name: str) -> set:
+    preset = PRESETS[name]
+    values = {(k, v) for k, v in preset.values.items() if k != "rho"}
+    return values | {("geometry", preset.geometry)}
+
+
+def test_covering_presets_set_every_option_a_preset_sets():
+    """The presets of the tests that run a shared mechanism through a few
+    presets only (`COVERING_PRESETS`) set every geometry and option value
+    that any preset sets: a new preset with a new option joins them."""
+    covered = set().union(*(_settings(name) for name in COVERING_PRESETS))
+    for name in PRESETS:
+        assert _settings(name) <= covered, name
 
 
 @pytest.mark.parametrize("decoupled", [True, False])

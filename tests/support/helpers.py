@@ -16,6 +16,26 @@ LR = 0.1
 # its compiled step; torch is eager either way.
 FEW_STEPS_EAGERLY = keras.backend.backend() == "tensorflow"
 
+# The presets through which a mechanism that every preset shares runs
+# (mixed precision, overflow, bad gradients): one per geometry and per
+# option a preset sets, so that every kind of SAM state (F-SAM's EMA,
+# LookSAM's g_v, nuSAM's u), every conditional step (LookSAM, SAM-k), both
+# descents and the look-ahead go through it. Plain SAM is each of them at
+# its ascent. test_golden.py holds the set to the presets; every preset's
+# numbers are test_golden's.
+COVERING_PRESETS = (
+    "samon",
+    "fasam",
+    "fisher",
+    "looklayersam",
+    "samk",
+    "nusam",
+    "nusam_norm",
+    "gsam",
+    "wsam",
+    "msam",
+)
+
 
 def reference_mlp(params: dict, l2: float = 0.0) -> keras.Model:
     """Dense -> LayerNorm -> tanh -> Dense, with the reference's weights."""
