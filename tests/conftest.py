@@ -37,6 +37,19 @@ elif BACKEND == "tensorflow":
     tf.config.threading.set_intra_op_parallelism_threads(1)
 
 
+@pytest.fixture
+def few_digits(monkeypatch):
+    """The demo on 192 training and 64 test digits: 3 steps of 64 an epoch,
+    and whole batches everywhere (fit's 64, evaluate's and predict's 32),
+    so each step function compiles once (the full split's last, smaller
+    batches would compile each again)."""
+    from keras_sam.demo import noisy_digits as demo
+
+    (x, y), (x_test, y_test) = demo.load_digits()
+    subset = ((x[:192], y[:192]), (x_test[:64], y_test[:64]))
+    monkeypatch.setattr(demo, "load_digits", lambda: subset)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_session():
     # Fresh layer names and global state per test; the full garbage
@@ -57,6 +70,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # one worker running it alone at the end.
 SLOW_FIRST = (
     "test_distributed.py",
+    "test_golden.py",
+    "test_precision.py",
     "test_multi_process_jax.py",
     "test_preemption.py",
     "test_multi_worker_tf.py",

@@ -13,14 +13,6 @@ from keras_sam.demo import noisy_digits as demo
 from keras_sam.demo.models import vit
 
 
-@pytest.fixture
-def few_digits(monkeypatch):
-    """The demo on 192 training and 64 test digits: 3 steps an epoch."""
-    (x, y), (x_test, y_test) = demo.load_digits()
-    subset = ((x[:192], y[:192]), (x_test[:64], y_test[:64]))
-    monkeypatch.setattr(demo, "load_digits", lambda: subset)
-
-
 def test_label_noise_replaces_a_fraction_by_wrong_labels():
     labels = np.arange(1000) % 10
     noisy = demo.with_label_noise(labels, 0.3, seed=1)
@@ -88,12 +80,15 @@ def test_initial_weights_and_batch_order_depend_on_the_seed_only():
     keras.backend.backend() != "jax",
     reason="the demo's own code (arguments, table, plot) does not depend on "
     "the backend, and `make demo` runs on JAX; SAMModel's training on every "
-    "backend is what the rest of the suite tests (on TensorFlow this test "
-    "costs 40 s of the suite's budget, mostly compiling four models)",
+    "backend is what the rest of the suite tests (and the four models' traces "
+    "and compilations cost seconds of the suite's budget on each backend)",
 )
 def test_demo_trains_prints_a_table_and_writes_the_plot(
-    tmp_path, capsys, few_digits
+    tmp_path, capsys, few_digits, monkeypatch
 ):
+    # The command as it runs, on a tiny model: the demo's ViT, compiled for
+    # 2 runs x 2 seeds, cost 30 s (test_frontier's quick sweep trains it).
+    monkeypatch.setattr(demo, "make_model", _tiny_model)
     plot = tmp_path / "demo.png"
     argv = ["demo", "--methods", "looklayersam", "--epochs", "2"]
     cli.main([*argv, "--seeds", "2", "--plot", str(plot)])
@@ -132,7 +127,7 @@ def test_flatness_measures_adamw_and_sam_and_writes_the_plot(
     tmp_path, capsys, few_digits, monkeypatch
 ):
     # The command as it runs, on a tiny model (the demo's models compile
-    # for seconds per measure; test_demo_trains... trains one).
+    # for seconds per measure; test_frontier's quick sweep trains one).
     monkeypatch.setattr(demo, "make_model", _tiny_model)
     plot = tmp_path / "flatness.png"
     tiny = "--examples 64 --m 32 --steps 1 --iterations 2 --samples 2"

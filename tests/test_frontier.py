@@ -93,7 +93,9 @@ def test_table_from_results(frontier, tmp_path, capsys):
     "beyond fit; one quick run on JAX (the fastest here) keeps the suite's "
     "budget",
 )
-def test_a_quick_sweep_measures_and_prints(frontier, tmp_path, capsys):
+def test_a_quick_sweep_measures_and_prints(
+    frontier, tmp_path, capsys, few_digits
+):
     results = tmp_path / "f.jsonl"
     frontier.main(["--quick", "--results", str(results), "base", "msam"])
     lines = results.read_text().splitlines()

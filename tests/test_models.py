@@ -19,7 +19,10 @@ from keras_sam.optimizers import LAMB
 def test_nusam_state_within_table_1(dim, heads, params, paper_state):
     """nuSAM keeps one vector per weight matrix: at most the paper's count
     (Table 1 counts u and v with fused QKV; we keep u only)."""
-    model = vit(224, 16, 3, 1000, dim=dim, depth=12, heads=heads)
+    # Shapes only: the variables are created without their initial values
+    # (drawing ViT-B/16's 86M cost 10 s, and nothing here reads them).
+    with keras.StatelessScope(initialize_variables=False):
+        model = vit(224, 16, 3, 1000, dim=dim, depth=12, heads=heads)
     assert abs(model.count_params() - params) / params < 0.02
     state = SAMModel(model, method="nusam").perturbation_state_size()
     assert 0 < state <= paper_state
@@ -71,7 +74,7 @@ def _digits_images(n=1024):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: vit(8, 2, 1, 10, dim=32, depth=2, heads=2),
+        lambda: vit(8, 2, 1, 10, dim=32, depth=1, heads=2),
         pytest.param(
             lambda: mlp_mixer(8, 2, 1, 10, dim=32, depth=2),
             marks=pytest.mark.skipif(
@@ -94,7 +97,9 @@ def test_looklayersam_with_lamb_trains_on_digits(make):
         optimizer=LAMB(2e-3, weight_decay=0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    x, y = _digits_images()
+    # 512 digits, 16 steps an epoch: the loss falls by 0.15-0.43 an epoch
+    # (last/first epoch 0.48-0.71 over the backends and models).
+    x, y = _digits_images(512)
     history = sam.fit(x, y, batch_size=32, epochs=4, verbose=0)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses))
@@ -104,11 +109,12 @@ def test_looklayersam_with_lamb_trains_on_digits(make):
 
 def test_nusam_trains_the_vit_on_digits():
     keras.utils.set_random_seed(0)
-    sam = SAMModel(vit(8, 2, 1, 10, dim=32, depth=2, heads=2), method="nusam")
+    sam = SAMModel(vit(8, 2, 1, 10, dim=32, depth=1, heads=2), method="nusam")
     sam.compile(
         optimizer=keras.optimizers.AdamW(3e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     x, y = _digits_images()
     history = sam.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    # Last/first epoch 0.47-0.70 over the backends.
     assert history.history["loss"][-1] < 0.8 * history.history["loss"][0]

@@ -19,12 +19,21 @@ from support.reference import (
 CASES = {
     name: GOLDEN[name] for name in (*PRESETS, "look_fsam_delayed", "aelooksam")
 }
-# The cases that also train with `ascent="per_replica"` under TensorFlow's
-# strategy: all but MSAM, whose look-ahead follows the one global momentum
-# (`ascent="per_replica"` is a ValueError with it, test_options.py).
-PER_REPLICA_ASCENT = tuple(name for name in CASES if name != "msam")
-# Micro-batches (m-sharpness): JAX's `ascent="per_replica"` on 4 devices and
-# `batch_splits=4` on one; TensorFlow's 2 replicas, each batch split in 2.
+# The cases that train with `ascent="per_replica"`: JAX's on 4 devices
+# (and `batch_splits=4` on one), TensorFlow's on 2 replicas. One per branch
+# that the per-replica ascent takes in the step (`step.gather`, `descend`,
+# `global_g_v`): `sam` each replica's own ascent; `samon` perturbs a subset
+# of the SAM gradient's variables; `fsam` all-reduces the perturbed gradient
+# for its EMA; `looksam` the whole gradient, and sums `g_v` over the
+# replicas; `nusam` the weight matrices' rank-one ascent; `gsam` each
+# replica decomposes its own gradient; `wsam` all-reduces its decoupled
+# term; `aelooksam` the policy's norm of the global gradient. The other
+# presets add no branch there: a geometry (ASAM, Fisher, LayerSAM, their
+# friendly and Look- compositions) is the same function of the replica's
+# own direction as of the global one, SAM-k's and the delayed start's
+# steps are LookSAM's conditional without its state, nuSAM-norm is nuSAM
+# normalized. MSAM has no per-replica ascent: its look-ahead follows the
+# one global momentum (a ValueError, test_options.py).
 PER_REPLICA_CASES = (
     "sam",
     "samon",
@@ -35,6 +44,19 @@ PER_REPLICA_CASES = (
     "wsam",
     "aelooksam",
 )
+# The cases that TensorFlow also trains on one device with XLA
+# (`jit_compile=True`, what a TPU runs), one per kind of step that compiles
+# differently: `sam` the every-step ascent (two passes, no conditional);
+# `looksam` the traced conditional between an ascent and a reuse, with
+# state in both branches; `nusam` the power iterations inside pass 1's
+# backward pass (`probes.py`); `gsam` the descent rule after the
+# conditional; `wsam` the decoupled term applied after the optimizer's
+# step; `msam` the one pass at the look-ahead; `fsam` the EMA of the
+# gradients. The other cases compose the same operations (a geometry is
+# elementwise algebra and norms, as `sam`'s; a policy or a delayed start
+# is `looksam`'s conditional on another flag), and every case follows the
+# reference on one device without XLA (test_golden.py).
+XLA_CASES = ("sam", "looksam", "nusam", "gsam", "wsam", "msam", "fsam")
 # TensorFlow's 2 replicas with each batch split in 2 (m = 16 / 4).
 SPLIT_CASES = ("sam", "looksam", "nusam", "gsam")
 STEPS, BATCH = 6, 16

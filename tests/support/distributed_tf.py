@@ -1,14 +1,14 @@
 """Trajectories under `tf.distribute.MirroredStrategy` on 2 logical CPUs.
 
 `python distributed_tf.py OUT.npz` (in a fresh process: logical devices must
-be configured before TensorFlow starts) trains every case of `CASES` on one
-device with XLA, and on two replicas with `ascent="global"` and
-`"per_replica"`, all under one strategy between two plain models (and
-`SPLIT_CASES` with each replica's batch split in two); then the models of
-`SEQUENCE`, each under a new strategy, the ascents alternating. It saves
-the flat weights after each run and, for the distributed runs, the largest
-difference between the two replicas' copies of any variable (the SAM state
-included).
+be configured before TensorFlow starts) trains every case of `CASES` on two
+replicas with `ascent="global"` (and the cases of `PER_REPLICA_CASES` with
+`"per_replica"`), all under one strategy between two plain models (and
+`SPLIT_CASES` with each replica's batch split in two); the cases of
+`XLA_CASES` on one device with XLA; then the models of `SEQUENCE`, each
+under a new strategy, the ascents alternating. It saves the flat weights
+after each run and, for the distributed runs, the largest difference
+between the two replicas' copies of any variable (the SAM state included).
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ import numpy as np  # noqa: E402
 from keras_sam import SAMModel  # noqa: E402
 from support.distributed import (  # noqa: E402
     CASES,
-    PER_REPLICA_ASCENT,
+    PER_REPLICA_CASES,
     SEQUENCE,
     SPLIT_CASES,
+    XLA_CASES,
     sequence_ascent,
     train,
 )
@@ -89,15 +90,17 @@ def main(path: str) -> None:
     with strategy.scope():  # several models under one strategy
         out["plain/first"] = train("plain")
     for name in CASES:
-        # One device, compiled with XLA (what a TPU runs): the reference of
-        # the distributed runs and itself checked against NumPy's.
-        out[f"{name}/single"] = train(name, jit_compile=True)
-        per_replica = name in PER_REPLICA_ASCENT
+        # The distributed runs are checked against the NumPy reference (the
+        # one-device trajectory, test_golden.py).
+        per_replica = name in PER_REPLICA_CASES
         for ascent in ("global", "per_replica")[: 1 + per_replica]:
             with strategy.scope():
                 weights, sam = train(name, ascent=ascent, return_model=True)
             out[f"{name}/{ascent}"] = weights
             out[f"{name}/{ascent}/spread"] = np.float64(spread(strategy, sam))
+    # One device, compiled with XLA (what a TPU runs).
+    for name in XLA_CASES:
+        out[f"{name}/single"] = train(name, jit_compile=True)
     # Micro-batches on one device with XLA.
     out["sam/splits_xla"] = train("sam", jit_compile=True, batch_splits=4)
     with strategy.scope():

@@ -4,11 +4,13 @@
 workers on localhost and this one's index (`test_multi_worker_tf.py` starts
 two, each one CPU replica), trains every run of `RUNS` through `fit` on a
 `tf.data.Dataset` of the global batches, then evaluates and predicts with
-the `sam` run. Then, outside the strategy, it trains its share of `SINGLE`
-on one device (each worker half of them). Last, it keeps the errors of
-`errors()`. It saves `OUT_DIR/worker<i>.npz`: the flat weights and all
-variables of each run (the SAM state included), its part of the first
-global batch, the results of `evaluate` and `predict`, and the errors.
+the `sam` run, which also backs up to the `backup_dir` that both workers
+share (`backups`). Then, outside the strategy, it trains its share of
+`SINGLE` on one device (each worker half of them). Last, it keeps the
+errors of `errors()`. It saves `OUT_DIR/worker<i>.npz`: the flat weights
+and all variables of each run (the SAM state included), its part of the
+first global batch, the results of `evaluate` and `predict`, the files of
+the backups, and the errors.
 """
 
 from __future__ import annotations
@@ -64,10 +66,10 @@ def dataset(with_labels: bool = True) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(data).batch(BATCH)
 
 
-def train(case: str, **options) -> SAMModel:
+def train(case: str, callbacks=(), **options) -> SAMModel:
     sam = SAMModel(reference_mlp(init_params()), **CASES[case][0], **options)
     compile_sgd(sam)
-    sam.fit(dataset(), shuffle=False, verbose=0)
+    sam.fit(dataset(), shuffle=False, verbose=0, callbacks=list(callbacks))
     return sam
 
 
@@ -120,17 +122,16 @@ def errors() -> dict:
     }
 
 
+def backup(directory: pathlib.Path) -> keras.callbacks.BackupAndRestore:
+    """The callback of the `sam` run, given the `backup_dir` both workers
+    share, its files kept (`delete_checkpoint=False`). Backups change
+    nothing in the run: its other results are what they are without."""
+    return keras.callbacks.BackupAndRestore(directory, delete_checkpoint=False)
+
+
 def backups(directory: pathlib.Path, index: int) -> dict:
-    """Where this worker's `BackupAndRestore`, given the `backup_dir` both
-    workers share, writes (kept: `delete_checkpoint=False`): the files in
-    its subdirectory, and any file in the shared directory itself."""
-    with STRATEGY.scope():
-        sam = SAMModel(reference_mlp(init_params()))
-        compile_sgd(sam)
-    backup = keras.callbacks.BackupAndRestore(
-        directory, delete_checkpoint=False
-    )
-    sam.fit(dataset(), shuffle=False, verbose=0, callbacks=[backup])
+    """Where this worker's `BackupAndRestore` (`backup`) wrote: the files
+    in its subdirectory, and any file in the shared directory itself."""
     own = sorted(f.name for f in (directory / f"worker_{index}").iterdir())
     shared = sorted(f.name for f in directory.iterdir() if f.is_file())
     return {"backups/own": np.array(own), "backups/shared": np.array(shared)}
@@ -140,14 +141,16 @@ def main(out_dir: str) -> None:
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     first = next(iter(STRATEGY.experimental_distribute_dataset(dataset())))
     out = {"shard": STRATEGY.experimental_local_results(first[0])[0].numpy()}
+    directory = pathlib.Path(out_dir) / "backups"
     for key, (case, options) in RUNS.items():
+        callbacks = [backup(directory)] if key == "sam" else []
         with STRATEGY.scope():
-            out |= results(key, train(case, **options), key == "sam")
+            out |= results(key, train(case, callbacks, **options), key == "sam")
     for key in list(SINGLE)[index::2]:
         case, options = SINGLE[key]
         out |= results(f"{key}/single", train(case, **options), key == "sam")
+    out |= backups(directory, index)
     out |= errors()
-    out |= backups(pathlib.Path(out_dir) / "backups", index)
     np.savez(pathlib.Path(out_dir) / f"worker{index}.npz", **out)
 
 

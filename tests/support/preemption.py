@@ -172,6 +172,11 @@ def main(results: str, backups: str, runs: list[str]) -> None:
     process, processes = 0, 1
     path = pathlib.Path(results)
     if MULTI_PROCESS:
+        # No TensorFlow in this run, as on a pod that does not install it:
+        # `initialize()` seeds Keras' generator across the processes, and
+        # seeding imports TensorFlow (for `tf.random`) if it can, ~5 s a
+        # process of a run that never uses it (NumPy arrays feed `fit`).
+        sys.modules.setdefault("tensorflow", None)
         keras.distribution.initialize()
         import jax
 
