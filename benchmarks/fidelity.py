@@ -19,41 +19,32 @@ docs/fidelity.md has the measured tables and how to read them.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
-import platform
+import pathlib
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
+from fidelity_common import (  # noqa: E402
+    Builder,
+    Trainer,
+    digits,
+    header,
+    mean_std,
+    per_seed,
+    pm,
+    small_vit,
+    table,
+)
 
 from keras_sam import SAMModel  # noqa: E402
 from keras_sam.demo.models import resnet, vit  # noqa: E402
-from keras_sam.demo.noisy_digits import load_digits  # noqa: E402
-
-Builder = Callable[[], keras.Model]
-
-
-def header(claim: str) -> None:
-    print(
-        f"== {claim}: backend={keras.backend.backend()} "
-        f"keras={keras.__version__} machine={platform.machine()} "
-        f"cpus={os.cpu_count()}"
-    )
-
-
-def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Prints a Markdown table (pastes straight into docs/fidelity.md)."""
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "|".join(" --- " for _ in columns) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print()
 
 
 def count(variables: Sequence) -> int:
@@ -257,113 +248,21 @@ def samon_params(args: argparse.Namespace) -> None:
 # ---- Training on digits: LookSAM and F-SAM ---------------------------------
 
 
-def digits(train_size: int | None = None) -> tuple:
-    """The demo's digits (`keras_sam.demo.load_digits`: 8x8x1 images in
-    [0, 1], a fixed 80/20 split, permutation seed 0): 1437 training and 360
-    test images; the first `train_size` training images only, if given."""
-    (x, y), test = load_digits(seed=0)
-    return (x[:train_size], y[:train_size]), test
-
-
-def small_vit(depth: int) -> keras.Model:
-    return vit(
-        image_size=8, patch_size=2, channels=1, num_classes=10, dim=64,
-        depth=depth, heads=4,
-    )  # fmt: skip
-
-
-class Trainer:
-    """A compiled model that is re-initialised per seed, so that each
-    method compiles once whatever the number of seeds.
-
-    `reset(seed)` gives the wrapped model the initial weights that
-    `small_vit()` draws after `keras.utils.set_random_seed(seed)` (they
-    differ between backends: each has its own random generator) and every
-    other variable (optimizer slots and step counter, SAM state) its value
-    from before the first step: the start of a freshly built model.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        args: argparse.Namespace,
-        steps_per_epoch: int,
-        method: str | None = None,
-        **options: float,
-    ):
-        self.name = name
-        self.depth = args.depth
-        self.batch_size = args.batch_size
-        keras.utils.set_random_seed(0)
-        self.inner = small_vit(self.depth)
-        self.model = (
-            self.inner
-            if method is None
-            else SAMModel(self.inner, method=method, **options)
-        )
-        # Constant, or linear warmup then cosine decay (`--warmup` epochs).
-        warmup = args.warmup * steps_per_epoch
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else args.lr,
-            decay_steps=max(args.epochs * steps_per_epoch - warmup, 1),
-            warmup_target=args.lr if warmup else None,
-            warmup_steps=warmup,
-        )
-        self.model.compile(
-            optimizer=keras.optimizers.AdamW(
-                learning_rate if warmup else args.lr,
-                weight_decay=args.weight_decay,
-                global_clipnorm=args.clipnorm or None,
-            ),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            run_eagerly=args.run_eagerly,
-        )
-        self.model.optimizer.build(self.model.trainable_variables)
-        self.initial = [
-            (v, keras.ops.convert_to_numpy(v.value))
-            for v in self.model.variables + self.model.optimizer.variables
-        ]
-        self.rng = np.random.default_rng(0)
-
-    def reset(self, seed: int) -> None:
-        for variable, value in self.initial:
-            variable.assign(value)
-        keras.utils.set_random_seed(seed)
-        self.inner.set_weights(small_vit(self.depth).get_weights())
-        self.rng = np.random.default_rng(seed)
-
-    def fit(self, x, y, epochs: int, shuffle: bool = True) -> float:
-        """Trains, each epoch in an order drawn from the seed's generator
-        (the same batches on every backend); returns the seconds taken."""
-        start = time.perf_counter()
-        for _ in range(epochs):
-            order = self.rng.permutation(len(x)) if shuffle else slice(None)
-            self.model.fit(
-                x[order],
-                y[order],
-                batch_size=self.batch_size,
-                epochs=1,
-                shuffle=False,
-                verbose=0,
-            )
-        return time.perf_counter() - start
-
-    def accuracy(self, x, y) -> float:
-        logs = self.model.evaluate(
-            x, y, batch_size=360, verbose=0, return_dict=True
-        )
-        return float(logs["accuracy"])
-
-    def accuracies(self, data: tuple, epochs: int, seeds: int) -> list[float]:
-        """Test accuracy after `epochs` epochs, for each seed."""
-        (x, y), (x_test, y_test) = data
-        accuracies = []
-        for seed in range(seeds):
-            self.reset(seed)
-            self.fit(x, y, epochs)
-            accuracies.append(self.accuracy(x_test, y_test))
-        return accuracies
+def adamw(args: argparse.Namespace, steps_per_epoch: int) -> keras.Optimizer:
+    """AdamW at `--lr`: constant, or a linear warmup over `--warmup` epochs
+    then a cosine decay."""
+    warmup = args.warmup * steps_per_epoch
+    learning_rate = keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else args.lr,
+        decay_steps=max(args.epochs * steps_per_epoch - warmup, 1),
+        warmup_target=args.lr if warmup else None,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.AdamW(
+        learning_rate if warmup else args.lr,
+        weight_decay=args.weight_decay,
+        global_clipnorm=args.clipnorm or None,
+    )
 
 
 def trained(
@@ -372,13 +271,23 @@ def trained(
     data: tuple,
     keep: bool = False,
 ) -> tuple[dict[str, list[float]], list[Trainer]]:
-    """Test accuracies per seed for each `(name, method, options)`, and
-    the trainers if `keep` (else each is dropped once trained)."""
+    """Test accuracies per seed for each `(name, method, options)` (the
+    small ViT, AdamW), and the trainers if `keep` (else each is dropped
+    once trained)."""
     steps_per_epoch = math.ceil(len(data[0][0]) / args.batch_size)
+    build = functools.partial(small_vit, args.depth)
     results, trainers = {}, []
     for name, method, options in specs:
         start = time.perf_counter()
-        trainer = Trainer(name, args, steps_per_epoch, method, **options)
+        trainer = Trainer(
+            name,
+            build,
+            adamw(args, steps_per_epoch),
+            args.batch_size,
+            method,
+            options,
+            args.run_eagerly,
+        )
         results[name] = trainer.accuracies(data, args.epochs, args.seeds)
         print(
             f"  {name}: compiled and trained {args.seeds} seed(s) in "
@@ -388,24 +297,6 @@ def trained(
         if keep:
             trainers.append(trainer)
     return results, trainers
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return statistics.fmean(values), std
-
-
-def pm(values: Sequence[float]) -> str:
-    """`mean ± std` in percent (points)."""
-    mean, std = mean_std(values)
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
-
-
-def per_seed(results: dict[str, list[float]]) -> str:
-    return "per-seed test accuracy %: " + "; ".join(
-        f"{name}: " + ", ".join(f"{100 * a:.2f}" for a in values)
-        for name, values in results.items()
-    )
 
 
 def training_setup(args: argparse.Namespace, train_size: int) -> str:
