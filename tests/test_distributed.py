@@ -1,8 +1,8 @@
-"""Distributed training (docs/distributed.md): every preset on several
-devices equals one device (the NumPy reference) with `ascent="global"`, and
-the NumPy per-replica reference with `ascent="per_replica"` (one preset per
-branch of the per-replica step, `PER_REPLICA_CASES`); replicas never drift
-apart.
+"""Distributed training (docs/distributed.md): the presets that cover every
+option (`CASES`) on several devices equal one device (the NumPy reference)
+with `ascent="global"`, and the NumPy per-replica reference with
+`ascent="per_replica"` (one preset per branch of the per-replica step,
+`PER_REPLICA_CASES`); replicas never drift apart.
 
 Devices are set up before the backend starts, so each backend's runs go in a
 subprocess of their own (`distributed_tf.py`, `distributed_jax.py`); each

@@ -113,45 +113,6 @@ def test_unsaveable_callables_raise_at_save(option, tmp_path):
         model.save(tmp_path / "m.keras")
 
 
-@pytest.mark.parametrize(
-    "method, options",
-    [
-        ("looksam", {"k": 2}),
-        ("fsam", {}),
-        ("nusam", {}),
-        ("samk", {"k": 2}),
-        ("looklayersam", {"k": 2}),
-        ("msam", {}),
-        ("sam", {"late_phase": 0.5}),  # the first SAM step (3) is kept
-    ],
-)
-def test_save_and_load_keep_weights_state_and_optimizer(
-    method, options, tmp_path
-):
-    x, y = toy_classification(48, seed=1)
-    model = SAMModel(_model(), method=method, **options)
-    _compile(model)
-    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    counter = model.sam_state.iterations
-    assert int(keras.ops.convert_to_numpy(counter)) == 6
-    model.save(tmp_path / "m.keras")
-
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    assert isinstance(loaded, SAMModel)
-    assert loaded.options == model.options
-    for a, b in zip(_values(model.variables), _values(loaded.variables)):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(
-        _values(model.optimizer.variables), _values(loaded.optimizer.variables)
-    ):
-        np.testing.assert_array_equal(a, b)
-    # And they go on identically.
-    for m in (model, loaded):
-        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    for a, b in zip(_values(model.variables), _values(loaded.variables)):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_checkpoint_holds_no_copy_of_the_weights(tmp_path):
     """The file holds the model's variables, the SAM state (here LookSAM's
     g_v, one value per parameter, and the counter) and the optimizer's
@@ -201,44 +162,58 @@ def test_inner_model_saves_alone_for_inference(tmp_path):
     )
 
 
-RESUME_METHODS = ["looksam", "fsam", "nusam", "samk", "wsam", "aelooksam"]
-# Runs that are not a preset: AE-LookSAM (its policy's statistics resume).
+# Every kind of state a run resumes with: LookSAM's g_v (and Look-LayerSAM's
+# per-layer one), F-SAM's EMA, nuSAM's vectors, the step counter of SAM-k's
+# and late-phase SAM's schedules, WSAM's decoupled term, MSAM's look-ahead,
+# AE-LookSAM's policy statistics; the optimizer's momentum in every run.
 RESUME_OPTIONS = {
-    "aelooksam": {"method": "looksam", "policy": "adaptive"},
     "looksam": {"method": "looksam", "k": 3},
+    "looklayersam": {"method": "looklayersam", "k": 2},
+    "fsam": {"method": "fsam"},
+    "nusam": {"method": "nusam"},
     "samk": {"method": "samk", "k": 3},
+    "wsam": {"method": "wsam"},
+    "msam": {"method": "msam"},
+    "late_phase": {"method": "sam", "late_phase": 0.5},  # SAM from step 3
+    "aelooksam": {"method": "looksam", "policy": "adaptive"},
 }
 
 
-def _resume_model(method):
+def _resume_model(name):
     return SAMModel(
         _model(),
         rho=keras.optimizers.schedules.ExponentialDecay(0.1, 4, 0.5),
-        **RESUME_OPTIONS.get(method, {"method": method}),
+        **RESUME_OPTIONS[name],
     )
 
 
 def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path):
-    """N steps, save, load in a fresh process, M more steps: bit for bit the
+    """N steps, save, load in a fresh process: every variable (the weights,
+    the SAM state, the optimizer's) as saved; M more steps: bit for bit the
     weights of N + M uninterrupted steps (shuffle off, no dropout)."""
     x, y = toy_classification(48, seed=1)
     np.savez(tmp_path / "data.npz", x=x, y=y)
-    expected = {}
-    for method in RESUME_METHODS:
-        model = _resume_model(method)
+    saved, expected = {}, {}
+    for name in RESUME_OPTIONS:
+        model = _resume_model(name)
         _compile(model)
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-        model.save(tmp_path / f"{method}.keras")
+        assert int(keras.ops.convert_to_numpy(model.sam_state.iterations)) == 6
+        model.save(tmp_path / f"{name}.keras")
+        saved[name] = _values(model.variables + model.optimizer.variables)
         # The uninterrupted run: the same model, one more epoch.
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-        expected[method] = _values(model.variables)
+        expected[name] = _values(model.variables)
 
     run_python(
-        [SUPPORT / "resume.py", tmp_path, *RESUME_METHODS], backend=BACKEND
+        [SUPPORT / "resume.py", tmp_path, *RESUME_OPTIONS], backend=BACKEND
     )
-    for method in RESUME_METHODS:
-        with np.load(tmp_path / f"{method}.npz") as resumed:
-            got = [resumed[f"v{i}"] for i in range(len(resumed.files))]
-        assert len(got) == len(expected[method])
-        for i, (a, b) in enumerate(zip(expected[method], got)):
-            np.testing.assert_array_equal(a, b, err_msg=f"{method} v{i}")
+    for name in RESUME_OPTIONS:
+        for stage, want in (("loaded", saved), ("resumed", expected)):
+            with np.load(tmp_path / f"{name}.{stage}.npz") as got:
+                got = [got[f"v{i}"] for i in range(len(got.files))]
+            assert len(got) == len(want[name]), f"{name} {stage}"
+            for i, (a, b) in enumerate(zip(want[name], got)):
+                np.testing.assert_array_equal(
+                    a, b, err_msg=f"{name} {stage} v{i}"
+                )

@@ -1,14 +1,14 @@
-"""What the distributed tests train: every preset (and compositions: a
-delayed start with F-SAM and LookSAM; AE-LookSAM, whose policy keeps state)
-on the reference MLP, through `fit`."""
+"""What the distributed tests train: the presets that cover every option
+(and compositions: a delayed start with F-SAM and LookSAM; AE-LookSAM,
+whose policy keeps state) on the reference MLP, through `fit`."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from keras_sam import PRESETS, SAMModel
+from keras_sam import SAMModel
 from support.golden import CASES as GOLDEN
-from support.helpers import compile_sgd, reference_mlp
+from support.helpers import COVERING_PRESETS, compile_sgd, reference_mlp
 from support.reference import (
     Reference,
     init_params,
@@ -16,9 +16,6 @@ from support.reference import (
     step_per_replica,
 )
 
-CASES = {
-    name: GOLDEN[name] for name in (*PRESETS, "look_fsam_delayed", "aelooksam")
-}
 # The cases that train with `ascent="per_replica"`: JAX's on 4 devices
 # (and `batch_splits=4` on one), TensorFlow's on 2 replicas. One per branch
 # that the per-replica ascent takes in the step (`step.gather`, `descend`,
@@ -44,6 +41,20 @@ PER_REPLICA_CASES = (
     "wsam",
     "aelooksam",
 )
+# The cases trained with the global ascent: the presets that between them
+# set every option a preset sets (`COVERING_PRESETS`: every kind of SAM
+# state, both conditionals, both descents, the look-ahead), `sam`, the
+# per-replica cases, and the compositions with a state or schedule of their
+# own (a delayed start with F-SAM and LookSAM; AE-LookSAM's statistics).
+# ASAM's and LayerSAM's geometries train here inside F-ASAM and
+# Look-LayerSAM; every preset follows the reference on one device
+# (test_golden.py).
+CASES = {
+    name: GOLDEN[name]
+    for name in dict.fromkeys(
+        ("sam", *COVERING_PRESETS, *PER_REPLICA_CASES, "look_fsam_delayed")
+    )
+}
 # The cases that TensorFlow also trains on one device with XLA
 # (`jit_compile=True`, what a TPU runs), one per kind of step that compiles
 # differently: `sam` the every-step ascent (two passes, no conditional);
