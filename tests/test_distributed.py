@@ -25,12 +25,10 @@ from support.distributed import (
     sequence_ascent,
 )
 from support.processes import (
-    ROOT,
     SUPPORT,
     TIMEOUT_SCALE,
     Results,
     environment,
-    run_python,
     run_script,
 )
 
@@ -349,14 +347,16 @@ def test_torch_process_group_is_a_clear_error(tmp_path):
     reason="TensorFlow's run; JAX's, on 4 devices and on 2 processes, is "
     "test_multi_process_jax.py's",
 )
-def test_tpu_example_runs_without_a_tpu():
-    stdout = run_python(
+def test_tpu_example_runs_without_a_tpu(capsys):
+    from examples import tpu_train
+
+    tpu_train.main(
         [
-            ROOT / "examples" / "tpu_train.py",
             *("--steps", "3", "--batch-size", "32"),
             *("--dim", "16", "--depth", "1", "--heads", "2"),
-        ],
+        ]
     )
+    stdout = capsys.readouterr().out
     assert (
         "No TPU found (TPUClusterResolver): training with the default "
         "strategy" in stdout
