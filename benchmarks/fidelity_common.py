@@ -4,6 +4,9 @@ and `Trainer`, a model compiled once and re-initialised per seed."""
 
 from __future__ import annotations
 
+import argparse
+import functools
+import math
 import os
 import platform
 import statistics
@@ -20,6 +23,8 @@ from keras_sam.demo.models import vit  # noqa: E402
 from keras_sam.demo.noisy_digits import load_digits  # noqa: E402
 
 Builder = Callable[[], keras.Model]
+# Builds the optimizer from the command's arguments and the steps per epoch.
+OptimizerFactory = Callable[[argparse.Namespace, int], keras.Optimizer]
 
 
 # ---- Printing --------------------------------------------------------------
@@ -53,11 +58,76 @@ def pm(values: Sequence[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def signed(values: Sequence[float]) -> str:
+    """`mean ± std` in points, with a sign."""
+    mean, std = mean_std(values)
+    return f"{100 * mean:+.2f} ± {100 * std:.2f}"
+
+
+def difference(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """`a - b` per seed (paired: both start a seed from the same weights
+    and batch order)."""
+    return [x - y for x, y in zip(a, b)]
+
+
+def spread(ratios: Sequence[float]) -> str:
+    """`median (min-max)` of step-time ratios."""
+    return (
+        f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+    )
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> str:
+    """`a - b` per seed (seeds share initial weights and batches), as
+    `mean ± std` points, its t statistic (the mean over its standard
+    error) and on how many seeds `a` is the higher."""
+    differences = difference(a, b)
+    mean, std = mean_std(differences)
+    t = mean / (std / math.sqrt(len(differences))) if std else float("nan")
+    higher = sum(d > 0 for d in differences)
+    return f"{pm(differences)} pp (t {t:.1f}, higher on {higher}/{len(a)})"
+
+
 def per_seed(results: dict[str, list[float]]) -> str:
     return "per-seed test accuracy %: " + "; ".join(
         f"{name}: " + ", ".join(f"{100 * a:.2f}" for a in values)
         for name, values in results.items()
     )
+
+
+def band_plot(
+    curves: dict[str, dict[float, list[float]]],
+    xlabel: str,
+    title: str,
+    path: str,
+) -> None:
+    """Draws test accuracy (%) against `x` on a log2 axis, one line per
+    curve (`{name: {x: accuracy per seed}}`) with a band of ± one standard
+    deviation over the seeds, to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, points in curves.items():
+        xs = sorted(points)
+        means, stds = np.array([mean_std(points[x]) for x in xs]).T * 100
+        stds = np.nan_to_num(stds)  # one seed: no band
+        ax.plot(xs, means, marker="o", label=name)
+        ax.fill_between(xs, means - stds, means + stds, alpha=0.2)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({x for points in curves.values() for x in points})
+    ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy % (mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 # ---- Data and model --------------------------------------------------------
@@ -71,11 +141,16 @@ def digits(train_size: int | None = None) -> tuple:
     return (x[:train_size], y[:train_size]), test
 
 
-def small_vit(depth: int) -> keras.Model:
+def small_vit(depth: int, dim: int = 64) -> keras.Model:
     return vit(
-        image_size=8, patch_size=2, channels=1, num_classes=10, dim=64,
+        image_size=8, patch_size=2, channels=1, num_classes=10, dim=dim,
         depth=depth, heads=4,
     )  # fmt: skip
+
+
+def count(variables: Sequence) -> int:
+    """The number of values in `variables`."""
+    return sum(math.prod(v.shape) for v in variables)
 
 
 # ---- Training --------------------------------------------------------------
@@ -175,3 +250,93 @@ class Trainer:
             self.fit(x, y, epochs)
             accuracies.append(self.accuracy(x_test, y_test))
         return accuracies
+
+
+def adamw(args: argparse.Namespace, steps_per_epoch: int) -> keras.Optimizer:
+    """AdamW at `--lr`: constant, or a linear warmup over `--warmup` epochs
+    then a cosine decay."""
+    warmup = args.warmup * steps_per_epoch
+    learning_rate = keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else args.lr,
+        decay_steps=max(args.epochs * steps_per_epoch - warmup, 1),
+        warmup_target=args.lr if warmup else None,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.AdamW(
+        learning_rate if warmup else args.lr,
+        weight_decay=args.weight_decay,
+        global_clipnorm=args.clipnorm or None,
+    )
+
+
+def trained(
+    specs: Sequence[tuple],
+    args: argparse.Namespace,
+    data: tuple,
+    keep: bool = False,
+    build: Builder | None = None,
+    optimizer: OptimizerFactory = adamw,
+) -> tuple[dict[str, list[float]], list[Trainer]]:
+    """Test accuracies per seed for each `(name, method, options)`, and
+    the trainers if `keep` (else each is dropped once trained).
+
+    The model is `build()` (defaults to the small ViT of `--depth` blocks),
+    the optimizer `optimizer(args, steps_per_epoch)` (defaults to `adamw`);
+    `args` gives the batch size, the epochs, the seeds and `run_eagerly`.
+    """
+    steps_per_epoch = math.ceil(len(data[0][0]) / args.batch_size)
+    build = build or functools.partial(small_vit, args.depth)
+    results, trainers = {}, []
+    for name, method, options in specs:
+        start = time.perf_counter()
+        trainer = Trainer(
+            name,
+            build,
+            optimizer(args, steps_per_epoch),
+            args.batch_size,
+            method,
+            options,
+            args.run_eagerly,
+        )
+        results[name] = trainer.accuracies(data, args.epochs, args.seeds)
+        print(
+            f"  {name}: compiled and trained {args.seeds} seed(s) in "
+            f"{time.perf_counter() - start:.0f}s",
+            flush=True,
+        )
+        if keep:
+            trainers.append(trainer)
+    return results, trainers
+
+
+def training_setup(args: argparse.Namespace, train_size: int) -> str:
+    """The setup line of the small ViT trained with `adamw`."""
+    schedule = f"lr {args.lr}"
+    if args.warmup:
+        schedule += f" ({args.warmup} warmup epochs, cosine)"
+    if args.clipnorm:
+        schedule += f", global clipnorm {args.clipnorm}"
+    return (
+        f"digits 8x8 ({train_size} train / 360 test), ViT image 8 patch 2 "
+        f"dim 64 depth {args.depth} heads 4, AdamW {schedule} weight decay "
+        f"{args.weight_decay}, batch {args.batch_size}, {args.epochs} "
+        f"epochs, seeds 0-{args.seeds - 1}"
+    )
+
+
+def epoch_ratios(
+    trainers: Sequence[Trainer], x, y, repeats: int
+) -> dict[str, list[float]]:
+    """Step time: one epoch of each compiled model in turn (the first is
+    the base optimizer), `repeats` times in this process, after a warm-up
+    epoch each (the first epoch after an evaluation re-enters the training
+    function); per trainer, each repeat's epoch time over the first
+    trainer's of the same repeat."""
+    for trainer in trainers:
+        trainer.fit(x, y, 1, shuffle=False)
+    ratios = {t.name: [] for t in trainers}
+    for _ in range(repeats):
+        seconds = [t.fit(x, y, 1, shuffle=False) for t in trainers]
+        for trainer, s in zip(trainers, seconds):
+            ratios[trainer.name].append(s / seconds[0])
+    return ratios

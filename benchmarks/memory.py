@@ -137,20 +137,29 @@ class _StepMemory:
             return None
         if self.backend == "tensorflow":
             return float(statistics.median(self.peaks))
-        import jax
+        return compiled_step_temporaries(trainer, x, y)
 
-        state = tuple(
-            [v.value for v in variables]
-            for variables in (
-                trainer.trainable_variables,
-                trainer.non_trainable_variables,
-                trainer.optimizer.variables,
-                trainer.metrics_variables,
-            )
+
+def compiled_step_temporaries(trainer, x, y) -> float:
+    """The bytes of the temporaries of `trainer`'s training step on the
+    batch `(x, y)`, compiled by JAX as Keras does (the state donated):
+    `memory_analysis().temp_size_in_bytes`, what a device allocates for
+    the step beside its variables and inputs. JAX only; `trainer` is a
+    compiled Keras model (a `SAMModel` or a plain one)."""
+    import jax
+
+    state = tuple(
+        [v.value for v in variables]
+        for variables in (
+            trainer.trainable_variables,
+            trainer.non_trainable_variables,
+            trainer.optimizer.variables,
+            trainer.metrics_variables,
         )
-        step = jax.jit(trainer.train_step, donate_argnums=0)
-        analysis = step.lower(state, (x, y)).compile().memory_analysis()
-        return float(analysis.temp_size_in_bytes)
+    )
+    step = jax.jit(trainer.train_step, donate_argnums=0)
+    analysis = step.lower(state, (x, y)).compile().memory_analysis()
+    return float(analysis.temp_size_in_bytes)
 
 
 def _on_gpu(backend: str) -> bool:

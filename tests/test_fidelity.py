@@ -100,36 +100,130 @@ def test_looksam(fidelity, capsys) -> None:
     assert "looksam alpha 0.7 - SAM" in verdict(out, "looksam")
 
 
-def test_fsam(fidelity, capsys) -> None:
-    fidelity.main(["fsam", *TINY, "--rhos", "0.05"])
+def test_fsam(fidelity, capsys, tmp_path) -> None:
+    plot = tmp_path / "fsam.png"
+    fidelity.main(["fsam", *TINY, "--rhos", "0.05", "--plot", str(plot)])
     out = capsys.readouterr().out
-    assert [row[0] for row in rows(out, "| method |")] == ["sam", "fsam"]
+    assert [row[0] for row in rows(out, "| method |")] == [
+        "sam",
+        "fsam",
+        "F-SAM - SAM",
+    ]
     line = verdict(out, "fsam")
     assert "best rho on the grid 0.05" in line
-    assert "2 x 0.05 is not on the grid" in line
+    assert line.endswith("no rho above 0.05 on the grid")
+    assert plot.stat().st_size > 0
 
 
-def test_fsam_report_pairs_the_drops_by_seed(fidelity, capsys) -> None:
+def test_fsam_report_pairs_the_differences_by_seed(fidelity, capsys) -> None:
     accuracy = {
         ("sam", 0.05): [0.96, 0.94],
         ("sam", 0.1): [0.95, 0.91],
-        ("sam", 0.2): [0.75, 0.73],
-        ("fsam", 0.05): [0.95, 0.95],
-        ("fsam", 0.1): [0.95, 0.94],
+        ("sam", 0.2): [0.75, 0.72],
+        ("fsam", 0.05): [0.95, 0.97],
+        ("fsam", 0.1): [0.96, 0.95],
         ("fsam", 0.2): [0.86, 0.88],
     }
     fidelity.fsam_report(accuracy)
     out = capsys.readouterr().out
     assert rows(out, "| method |") == [
-        ["sam", "95.00 ± 1.41", "93.00 ± 2.83", "74.00 ± 1.41"],
-        ["fsam", "95.00 ± 0.00", "94.50 ± 0.71", "87.00 ± 1.41"],
+        ["sam", "95.00 ± 1.41", "93.00 ± 2.83", "73.50 ± 2.12"],
+        ["fsam", "96.00 ± 1.41", "95.50 ± 0.71", "87.00 ± 1.41"],
+        [
+            "F-SAM - SAM",
+            "1.00 ± 2.83 pp (t 0.5, higher on 1/2)",
+            "2.50 ± 2.12 pp (t 1.7, higher on 2/2)",
+            "13.50 ± 3.54 pp (t 5.4, higher on 2/2)",
+        ],
     ]
+    # Drops from SAM's best rho (0.05) to each larger one.
     assert rows(out, "| rho |") == [
-        ["0.05 -> 0.1", "2.00 ± 1.41", "0.50 ± 0.71", "-1.50 ± 0.71"],
-        ["0.1 -> 0.2", "19.00 ± 1.41", "7.50 ± 2.12", "-11.50 ± 0.71"],
+        [
+            "0.05 -> 0.1 (2x)",
+            "2.00 ± 1.41",
+            "0.50 ± 2.12",
+            "1.50 ± 0.71 pp (t 3.0, higher on 2/2)",
+        ],
+        [
+            "0.05 -> 0.2 (4x)",
+            "21.50 ± 0.71",
+            "9.00 ± 0.00",
+            "12.50 ± 0.71 pp (t 25.0, higher on 2/2)",
+        ],
     ]
     assert verdict(out, "fsam").endswith(
-        "SAM's best rho on the grid 0.05 (95.00 ± 1.41 %); drop 0.05 -> 0.1: "
-        "SAM 2.00 ± 1.41 pp, F-SAM 0.50 ± 0.71 pp, F-SAM - SAM -1.50 ± 0.71 "
-        "pp over 2 seeds"
+        "SAM's best rho on the grid 0.05 (95.00 ± 1.41 %), F-SAM - SAM there "
+        "1.00 ± 2.83 pp (t 0.5, higher on 1/2); drop 0.05 -> 0.1 (2x): SAM "
+        "2.00 ± 1.41 pp, F-SAM 0.50 ± 2.12 pp, SAM - F-SAM 1.50 ± 0.71 pp "
+        "(t 3.0, higher on 2/2); drop 0.05 -> 0.2 (4x): SAM 21.50 ± 0.71 pp, "
+        "F-SAM 9.00 ± 0.00 pp, SAM - F-SAM 12.50 ± 0.71 pp (t 25.0, higher "
+        "on 2/2)"
     )
+
+
+def test_large_batch(fidelity, capsys, tmp_path) -> None:
+    plot = tmp_path / "x.png"
+    fidelity.main(["large_batch", "--quick", "--plot", str(plot)])
+    out = capsys.readouterr().out
+    table = rows(out, "| method | batch 16")
+    assert [row[0] for row in table] == [
+        "LAMB",
+        "LAMB + SAM",
+        "LAMB + LookSAM",
+        "LAMB + Look-LayerSAM",
+    ]
+    for row in table:
+        assert len(row) == 7  # name, 2 batch sizes, Table 2's 4
+        assert 0.0 <= float(row[1].split(" ± ")[0]) <= 100.0
+    assert table[0][3:] == ["74.6", "74.3", "74.4", "72.4"]  # Table 2
+    gains = rows(out, "| difference")
+    assert [row[0] for row in gains][-1] == "Look-LayerSAM - SAM"
+    assert len(gains) == 4 and all(len(row) == 9 for row in gains)
+    assert gains[0][4:] == ["+4.0", "+4.0", "+3.2", "+2.7", "-0.47"]
+    assert "above SAM at" in verdict(out, "large_batch")
+    assert "30% label noise" in verdict(out, "large_batch")  # the default
+    assert "30% of the original training images with a wrong label" in out
+    assert plot.exists()
+
+
+def test_samon_accuracy(fidelity, capsys, tmp_path) -> None:
+    plot = tmp_path / "samon.png"
+    fidelity.main(["samon_accuracy", "--quick", "--plot", str(plot)])
+    out = capsys.readouterr().out
+    assert [row[:2] for row in rows(out, "| method | rho |")] == [
+        ["base", "-"],
+        ["sam", "0.05 (best)"],  # the presets' rho
+        ["samon", "1 (best)"],
+    ]
+    summary = rows(out, "| method | best rho |")
+    assert [row[0] for row in summary] == ["base", "sam", "samon"]
+    # --quick's ResNet: one stage of 8 filters, 1,362 parameters, of which
+    # 48 in its 3 BatchNormalization layers (gamma, beta).
+    assert [row[4] for row in summary] == [
+        "0 / 1,362 (0.00%)",
+        "1,362 / 1,362 (100.00%)",
+        "48 / 1,362 (3.52%)",
+    ]
+    assert all(float(row[5].split()[0]) > 0 for row in summary)
+    assert "SAM-ON - SAM" in verdict(out, "samon_accuracy")
+    assert plot.stat().st_size > 0
+
+
+def test_nusam_accuracy(fidelity, capsys, tmp_path) -> None:
+    plot = tmp_path / "nusam.png"
+    fidelity.main(["nusam_accuracy", "--quick", "--plot", str(plot)])
+    out = capsys.readouterr().out
+    assert [row[:2] for row in rows(out, "| method | rho |")] == [
+        ["base", "-"],
+        ["sam", "0.05 (best)"],
+        ["nusam", "0.1 (best)"],
+    ]
+    summary = rows(out, "| method | best rho |")
+    assert [row[0] for row in summary] == ["base", "sam", "nusam"]
+    memory = rows(out, "| method | trained ViT")
+    assert [row[0] for row in memory] == ["base", "sam", "nusam"]
+    assert memory[0][2] == "+0.00"  # the base against itself
+    assert memory[1][3] == "0" and int(memory[2][3].replace(",", "")) > 0
+    line = verdict(out, "nusam_accuracy")
+    assert "nuSAM - SAM" in line and "trained ViT: SAM" in line
+    assert plot.stat().st_size > 0
