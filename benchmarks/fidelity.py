@@ -12,11 +12,18 @@ states the measured numbers beside the paper's (nothing is asserted):
     python benchmarks/fidelity.py samon_accuracy  # SAM-ON vs SAM (not in all)
     python benchmarks/fidelity.py nusam_accuracy  # nuSAM vs SAM (not in all)
 
-`nusam_state` and `samon_params` only build models (no training). `looksam`
-and `fsam` train a small ViT on scikit-learn's digits (8x8 images, no
-download) over several seeds. Honours `KERAS_BACKEND` (JAX is the fastest on
-CPU); `--help` on a sub-command lists its settings (epochs, seeds, rho, ...).
-docs/fidelity.md has the measured tables and how to read them.
+`nusam_state` and `samon_params` only build models (no training). The
+others train on scikit-learn's digits (8x8 images, no download) over several
+seeds, each seed the same initial weights and batches for every method: a
+small ViT with AdamW (`looksam`, `fsam`, `nusam_accuracy`) or LAMB on
+shifted digits (`large_batch`), the example ResNet with SGD
+(`samon_accuracy`). `fsam` and the last three draw a plot (`--plot`); the
+last three take `--quick` (tiny settings, for the tests). `all` runs the
+first four (about 12 minutes on JAX); the last three take 3 to 16 minutes
+each. Honours `KERAS_BACKEND`
+(JAX is the fastest on CPU); `--help` on a sub-command lists its settings
+(epochs, seeds, rho, ...). docs/fidelity.md has the measured tables and
+how to read them.
 """
 
 from __future__ import annotations
