@@ -29,6 +29,7 @@ import numpy as np
 from fidelity_common import (
     Trainer,
     adamw,
+    bands,
     count,
     difference,
     digits,
@@ -431,14 +432,7 @@ def rho_panel(ax, base: list[float], sweep: Sweep, xlabel: str) -> None:
     std = 0.0 if np.isnan(std) else std
     ax.axhline(100 * mean, color="C0", ls="--", lw=1, label="base optimizer")
     ax.axhspan(100 * (mean - std), 100 * (mean + std), color="C0", alpha=0.1)
-    for i, (method, per_rho) in enumerate(sweep.items(), start=1):
-        rhos = sorted(per_rho)
-        stats = np.array([mean_std(per_rho[r]) for r in rhos]) * 100
-        means, stds = stats[:, 0], np.nan_to_num(stats[:, 1])
-        ax.plot(rhos, means, "o-", color=f"C{i}", label=LABELS[method])
-        ax.fill_between(
-            rhos, means - stds, means + stds, color=f"C{i}", alpha=0.2
-        )
+    bands(ax, {LABELS[m]: per_rho for m, per_rho in sweep.items()}, color=1)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy % (360 digits)")

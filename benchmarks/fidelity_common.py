@@ -95,6 +95,19 @@ def per_seed(results: dict[str, list[float]]) -> str:
     )
 
 
+def bands(ax, curves: dict[str, dict[float, list[float]]], color: int = 0):
+    """Draws on `ax` one line per curve (`{name: {x: accuracy per seed}}`),
+    test accuracy in percent, with a band of ± one standard deviation over
+    the seeds, in the colors `C{color}`, `C{color + 1}`, ..."""
+    for i, (name, points) in enumerate(curves.items(), start=color):
+        xs = sorted(points)
+        means, stds = np.array([mean_std(points[x]) for x in xs]).T * 100
+        stds = np.nan_to_num(stds)  # one seed: no band
+        ax.plot(xs, means, marker="o", color=f"C{i}", label=name)
+        ax.fill_between(xs, means - stds, means + stds, color=f"C{i}",
+                        alpha=0.2)  # fmt: skip
+
+
 def band_plot(
     curves: dict[str, dict[float, list[float]]],
     xlabel: str,
@@ -110,12 +123,7 @@ def band_plot(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, points in curves.items():
-        xs = sorted(points)
-        means, stds = np.array([mean_std(points[x]) for x in xs]).T * 100
-        stds = np.nan_to_num(stds)  # one seed: no band
-        ax.plot(xs, means, marker="o", label=name)
-        ax.fill_between(xs, means - stds, means + stds, alpha=0.2)
+    bands(ax, curves)
     ax.set_xscale("log", base=2)
     ticks = sorted({x for points in curves.values() for x in points})
     ax.set_xticks(ticks, [f"{x:g}" for x in ticks])

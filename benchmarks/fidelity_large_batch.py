@@ -41,12 +41,10 @@ import argparse
 import functools
 import math
 import statistics
-import time
 from collections.abc import Sequence
 
 import numpy as np
 from fidelity_common import (
-    Trainer,
     band_plot,
     difference,
     digits,
@@ -58,6 +56,7 @@ from fidelity_common import (
     signed,
     small_vit,
     table,
+    trained,
 )
 
 from examples.schedules import WarmupLinearDecay, linear_scaling
@@ -141,29 +140,22 @@ def train_all(args: argparse.Namespace, data: tuple) -> Accuracies:
     """Test accuracies per seed, per method and batch size: one `Trainer`
     (one compilation) per pair, re-initialised per seed. At a batch size
     every method starts a seed from the same weights and batch order."""
-    build = functools.partial(small_vit, args.depth)
+    specs = [(name, m, options(args, m)) for name, m in METHODS.items()]
     accuracies: Accuracies = {name: {} for name in METHODS}
     for batch in args.batch_sizes:
-        steps = args.epochs * len(data[0][0]) // batch
-        for name, method in METHODS.items():
-            start = time.perf_counter()
-            trainer = Trainer(
-                name,
-                build,
-                optimizer(args, batch, steps),
-                batch,
-                method,
-                options(args, method),
-                args.run_eagerly,
-            )
-            accuracies[name][batch] = trainer.accuracies(
-                data, args.epochs, args.seeds
-            )
-            print(
-                f"  {name}, batch {batch}: {args.seeds} seed(s) in "
-                f"{time.perf_counter() - start:.0f}s",
-                flush=True,
-            )
+        at_batch = argparse.Namespace(**{**vars(args), "batch_size": batch})
+        print(f"  batch {batch}:", flush=True)
+        results, _ = trained(
+            specs,
+            at_batch,
+            data,
+            build=functools.partial(small_vit, args.depth),
+            optimizer=lambda a, per_epoch: optimizer(
+                a, a.batch_size, a.epochs * per_epoch
+            ),
+        )
+        for name, values in results.items():
+            accuracies[name][batch] = values
     return accuracies
 
 
